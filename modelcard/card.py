@@ -1,0 +1,116 @@
+"""The model card: what `model.json` next to each `model.keras` holds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ColorMode = Literal["grayscale", "rgb"]
+
+
+class InputSpec(BaseModel):
+    """What one image must look like before it enters the model.
+
+    The model itself rescales pixels to [0, 1]; callers feed raw pixel values in
+    `value_range` with this height, width and colour mode. `resample` names the Pillow
+    filter used to resize images to this size, in training and in serving alike.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3]
+    color_mode: ColorMode
+    dtype: Literal["float32"] = "float32"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    resample: Literal["bilinear", "bicubic", "lanczos", "nearest", "box"] = "bilinear"
+
+    @model_validator(mode="after")
+    def _channels_match_mode(self) -> InputSpec:
+        expected = 1 if self.color_mode == "grayscale" else 3
+        if self.channels != expected:
+            raise ValueError(f"color_mode {self.color_mode!r} needs {expected} channel(s)")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+class ParameterCount(BaseModel):
+    total: int
+    trainable: int
+
+
+class DataProvenance(BaseModel):
+    path: str
+    format: str
+    train_counts: dict[str, int] = Field(description="training images per class, after the split")
+    validation_counts: dict[str, int] = Field(description="validation images per class")
+    validation_source: str = Field(description="how the validation set was obtained")
+
+
+class ValidationMetrics(BaseModel):
+    accuracy: float
+    loss: float
+    per_class_accuracy: dict[str, float]
+    confusion_matrix: list[list[int]] = Field(description="rows: true class, columns: predicted")
+
+
+class TrainingRun(BaseModel):
+    command: str
+    wall_time_seconds: float
+    epochs: int
+    batch_size: int
+    seed: int
+    val_fraction: float
+    optimizer: str
+    learning_rate: float
+    label_smoothing: float = 0.0
+    augmentation: list[str] = Field(default_factory=list)
+    tensorflow_version: str
+    keras_version: str
+    python_version: str
+
+
+class ReferenceResult(BaseModel):
+    """The reference ("seed") architecture trained on the same split, for comparison."""
+
+    architecture: str
+    parameters: int
+    validation_accuracy: float
+    epochs: int
+    wall_time_seconds: float
+    command: str
+
+
+class ModelCard(BaseModel):
+    """Everything the service needs to load, check and describe one model version."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    version: int = Field(ge=1)
+    task: str
+    description: str = ""
+    class_names: list[str] = Field(min_length=2)
+    input: InputSpec
+    architecture: str
+    architecture_description: str = ""
+    parameters: ParameterCount
+    data: DataProvenance
+    training: TrainingRun
+    validation: ValidationMetrics
+    reference: ReferenceResult | None = None
+    extra_evaluations: dict[str, float] = Field(
+        default_factory=dict, description="other measured figures, e.g. accuracy on rendered digits"
+    )
+    notes: str = Field("", description="why this architecture, how it compares to the reference")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of model.keras")
+    created_at: datetime
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

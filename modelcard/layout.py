@@ -1,0 +1,38 @@
+"""Where model versions live: `<root>/<name>/<version>/{model.keras,model.json}`.
+
+Versions are positive integers. Directories whose name is not an integer (for example the
+`.tmp-*` folders a writer renames into place) are never versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "model.json"
+
+
+def version_dir(root: Path, name: str, version: int) -> Path:
+    return Path(root) / name / str(version)
+
+
+def list_versions(root: Path, name: str) -> list[int]:
+    """Complete versions of model `name` under `root`, ascending."""
+    folder = Path(root) / name
+    if not folder.is_dir():
+        return []
+    versions = []
+    for child in folder.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+            if (child / MODEL_FILE).is_file() and (child / CARD_FILE).is_file():
+                versions.append(int(child.name))
+    return sorted(versions)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,138 @@
+"""The CLI end to end on tiny data: train one epoch, load the version back, check the card."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from modelcard import ModelCard, file_sha256, list_versions
+from training.__main__ import main
+from training.fit import load_version
+
+pytestmark = pytest.mark.slow
+
+
+def _train(tmp_path: Path, task: str, data: Path, *extra: str) -> tuple[Path, ModelCard]:
+    out = tmp_path / "models"
+    code = main(["train", task, "--data", str(data), "--epochs", "1", "--batch-size", "8", "--out", str(out), *extra])
+    assert code == 0
+    version = list_versions(out, task)[-1]
+    folder = out / task / str(version)
+    return folder, ModelCard.model_validate_json((folder / "model.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("task", "fixture", "classes", "shape"),
+    [
+        ("digits", "mnist_npz", 10, (28, 28, 1)),
+        ("fruits", "fruits_tree", 3, (100, 100, 3)),
+        ("signs", "signs_h5", 6, (64, 64, 3)),
+        ("catsdogs", "catsdogs_folders", 2, (128, 128, 3)),
+    ],
+)
+def test_train_writes_a_loadable_version_with_a_complete_card(tmp_path, request, task, fixture, classes, shape):
+    data = request.getfixturevalue(fixture)
+    folder, card = _train(tmp_path, task, data)
+    assert folder.name == "1" and card.version == 1 and card.name == task
+    assert card.sha256 == file_sha256(folder / "model.keras")
+    assert len(card.class_names) == classes and card.input.shape == shape
+    assert card.architecture == "improved" and card.parameters.total > 0
+    assert card.training.epochs == 1 and card.training.seed == 42 and card.training.wall_time_seconds > 0
+    assert card.training.command.startswith("python -m training train " + task)
+    assert card.training.tensorflow_version and card.training.keras_version
+    assert sum(card.data.train_counts.values()) + sum(card.data.validation_counts.values()) > 0
+    assert all(n >= 1 for n in card.data.validation_counts.values()), "stratified: every class validated"
+    assert 0.0 <= card.validation.accuracy <= 1.0
+    assert np.array(card.validation.confusion_matrix).sum() == sum(card.data.validation_counts.values())
+
+    model, loaded_card = load_version(folder)
+    assert loaded_card == card
+    assert model.get_layer("rescale") is not None
+    out = model(np.zeros((1, *shape), np.float32)).numpy()
+    assert out.shape == (1, classes)
+    # the file holds no optimizer state: it is the inference model only
+    assert getattr(model, "optimizer", None) is None
+    if task == "digits":
+        assert 0.0 <= card.extra_evaluations["rendered_digits_accuracy"] <= 1.0
+
+
+def test_second_run_is_a_new_version_and_keeps_the_first(tmp_path, signs_h5):
+    first, _ = _train(tmp_path, "signs", signs_h5, "--arch", "seed")
+    sha_before = file_sha256(first / "model.keras")
+    second, card = _train(tmp_path, "signs", signs_h5, "--reference", str(first))
+    assert (first.name, second.name) == ("1", "2")
+    assert file_sha256(first / "model.keras") == sha_before
+    assert card.reference is not None and card.reference.architecture == "seed"
+    assert card.reference.parameters == 170_438
+    assert not [p for p in (tmp_path / "models" / "signs").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_same_seed_same_weights(tmp_path, signs_h5):
+    a, _ = _train(tmp_path / "a", "signs", signs_h5, "--arch", "seed")
+    b, _ = _train(tmp_path / "b", "signs", signs_h5, "--arch", "seed")
+    wa = keras.saving.load_model(a / "model.keras").get_weights()
+    wb = keras.saving.load_model(b / "model.keras").get_weights()
+    for x, y in zip(wa, wb, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_evaluate_reports_accuracy_and_confusion(tmp_path, mnist_npz, capsys):
+    folder, _ = _train(tmp_path, "digits", mnist_npz, "--arch", "seed")
+    assert main(["evaluate", "digits", "--model", str(folder), "--data", str(mnist_npz)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["images"] == 20 and summary["part"] == "test split"
+    assert "confusion matrix" in out
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
+    code = main(["train", "fruits", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "nowhere" in err and "Training/<class>" in err
+    assert "Traceback" not in err
+
+
+def test_malformed_dataset_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "signs").mkdir()
+    (tmp_path / "signs" / "train_signs.h5").write_bytes(b"garbage")
+    assert main(["train", "signs", "--data", str(tmp_path / "signs"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "train_signs.h5" in err and "HDF5" in err and "Traceback" not in err
+
+
+def test_download_from_a_file_url_with_checksum(tmp_path, mnist_npz):
+    archive = mnist_npz / "mnist.npz"
+    url = "file://" + urllib.parse.quote(str(archive))
+    dest = tmp_path / "fetched"
+    code = main(
+        ["train", "digits", "--arch", "seed", "--data", str(dest), "--download", "--url", url,
+         "--sha256", file_sha256(archive), "--epochs", "1", "--out", str(tmp_path / "m")]
+    )
+    assert code == 0
+    assert (dest / "mnist.npz").read_bytes() == archive.read_bytes()
+
+
+def test_download_with_a_wrong_checksum_is_refused(tmp_path, mnist_npz, capsys):
+    url = "file://" + urllib.parse.quote(str(mnist_npz / "mnist.npz"))
+    code = main(["train", "digits", "--data", str(tmp_path / "d"), "--download", "--url", url, "--sha256", "0" * 64])
+    assert code == 2
+    assert "sha256" in capsys.readouterr().err
+    assert not list((tmp_path / "d").glob("*.npz"))
+
+
+def test_download_offline_says_where_to_put_the_files(tmp_path, capsys):
+    # an address nothing answers on: the same failure as a machine without internet
+    code = main(["train", "digits", "--data", str(tmp_path / "d"), "--download", "--url", "http://127.0.0.1:9/mnist.npz"])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not download" in err and str(tmp_path / "d") in err and "mnist.npz" in err
+
+
+def test_download_without_pinned_checksum_is_refused(tmp_path, capsys):
+    assert main(["train", "catsdogs", "--data", str(tmp_path / "d"), "--download"]) == 2
+    assert "no checksum is pinned" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from training.architectures import GREY28, RGB32, RGB64, RGB100
+from training.datasets import (
+    DatasetError,
+    load_catsdogs,
+    load_fruits,
+    load_mnist,
+    load_signs,
+    read_idx,
+    stratified_split,
+)
+
+from .conftest import FRUIT_COLOURS, write_idx
+
+
+def test_mnist_npz_has_train_and_test(mnist_npz: Path):
+    data = load_mnist(mnist_npz, GREY28)
+    assert data.train.x.shape == (60, 28, 28, 1) and data.train.x.dtype == np.uint8
+    assert data.train.y.dtype == np.int64 and set(data.train.y) == set(range(10))
+    assert data.test is not None and data.test.x.shape == (20, 28, 28, 1)
+    assert data.class_names == [str(d) for d in range(10)]
+    # the bar drawn for label k sits at row 2k+4: the loader kept images and labels paired
+    for image, label in zip(data.train.x[:10, :, :, 0], data.train.y[:10], strict=True):
+        assert image[2 * label + 4, 10] == 255
+
+
+def test_mnist_split_files(tmp_path: Path, mnist_npz: Path):
+    with np.load(mnist_npz / "mnist.npz") as full:
+        folder = tmp_path / "split"
+        folder.mkdir()
+        np.savez(folder / "mnist_train.npz", x_train=full["x_train"], y_train=full["y_train"])
+        np.savez(folder / "mnist_test.npz", x_test=full["x_test"], y_test=full["y_test"])
+    data = load_mnist(folder, GREY28)
+    assert len(data.train) == 60 and data.test is not None and len(data.test) == 20
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_gzipped_or_not(tmp_path: Path, mnist_idx: Path, gz: bool):
+    if not gz:  # the same files, uncompressed, with the dotted names some mirrors use
+        folder = tmp_path / "raw"
+        folder.mkdir()
+        for f in mnist_idx.iterdir():
+            name = f.name.removesuffix(".gz").replace("-idx", ".idx")
+            (folder / name).write_bytes(gzip.decompress(f.read_bytes()))
+        mnist_idx = folder
+    data = load_mnist(mnist_idx, GREY28)
+    assert data.train.x.shape == (40, 28, 28, 1)
+    assert data.test is not None and len(data.test) == 10
+    assert list(data.train.y[:10]) == list(range(10))
+
+
+def test_idx_bad_magic_names_file_and_bytes(tmp_path: Path):
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\x12\x34\x56\x78" + b"\x00" * 32)
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte.*magic.*12345678"):
+        read_idx(bad)
+
+
+def test_idx_truncated(tmp_path: Path):
+    path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((5, 28, 28), np.uint8), gz=False)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DatasetError, match="promises shape"):
+        read_idx(path)
+
+
+def test_mnist_empty_folder(tmp_path: Path):
+    with pytest.raises(DatasetError, match=r"expected MNIST.*found an empty folder"):
+        load_mnist(tmp_path, GREY28)
+
+
+def test_fruits_classes_from_folders(fruits_tree: Path):
+    data = load_fruits(fruits_tree, RGB100)
+    assert data.class_names == sorted(FRUIT_COLOURS)
+    assert data.train.x.shape == (18, 100, 100, 3)
+    assert data.test is not None and len(data.test) == 6
+    # mean colour of each image matches its class folder's colour
+    for image, label in zip(data.train.x, data.train.y, strict=True):
+        colour = np.array(FRUIT_COLOURS[data.class_names[label]])
+        assert np.abs(image.reshape(-1, 3).mean(0) - colour).max() < 15
+
+
+def test_fruits_missing_training_folder(tmp_path: Path):
+    (tmp_path / "something").mkdir()
+    with pytest.raises(DatasetError, match=r"Training/<class>.*something/"):
+        load_fruits(tmp_path, RGB100)
+
+
+def test_fruits_empty_class_folder(fruits_tree: Path):
+    (fruits_tree / "Training" / "Empty Fruit").mkdir()
+    with pytest.raises(DatasetError, match="Empty Fruit"):
+        load_fruits(fruits_tree, RGB100)
+
+
+def test_unreadable_jpeg_names_the_file(fruits_tree: Path):
+    broken = fruits_tree / "Training" / "Kiwi" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    with pytest.raises(DatasetError, match=r"broken\.jpg.*readable image"):
+        load_fruits(fruits_tree, RGB100)
+
+
+def test_signs_h5(signs_h5: Path):
+    data = load_signs(signs_h5, RGB64)
+    assert data.train.x.shape == (30, 64, 64, 3) and data.train.x.dtype == np.uint8
+    assert data.class_names == [str(i) for i in range(6)]
+    assert data.test is not None and len(data.test) == 12
+    # class k has 10*(k+1) bright columns
+    for image, label in zip(data.train.x, data.train.y, strict=True):
+        assert (image[0, :, 0] == 200).sum() == 10 * (label + 1)
+
+
+def test_signs_h5_without_the_keys(tmp_path: Path):
+    with h5py.File(tmp_path / "train_signs.h5", "w") as h5:
+        h5["images"] = np.zeros((2, 64, 64, 3), np.uint8)
+    with pytest.raises(DatasetError, match=r"train_set_x.*found keys \['images'\]"):
+        load_signs(tmp_path, RGB64)
+
+
+def test_signs_not_hdf5(tmp_path: Path):
+    (tmp_path / "train_signs.h5").write_text("<html>not a dataset</html>")
+    with pytest.raises(DatasetError, match="expected an HDF5 file"):
+        load_signs(tmp_path, RGB64)
+
+
+def test_catsdogs_folder_layout(catsdogs_folders: Path):
+    data = load_catsdogs(catsdogs_folders, RGB32)
+    assert data.class_names == ["cats", "dogs"]
+    assert data.train.x.shape == (12, 32, 32, 3)
+    assert list(np.bincount(data.train.y)) == [6, 6]
+    assert data.test is not None and len(data.test) == 4
+    dark = data.train.x.reshape(12, -1).mean(1) < 100
+    assert list(dark) == list(data.train.y == 0)
+
+
+def test_catsdogs_kaggle_flat_layout(catsdogs_flat: Path):
+    data = load_catsdogs(catsdogs_flat, RGB32)
+    assert data.format.startswith("Kaggle")
+    assert list(np.bincount(data.train.y)) == [4, 5]
+    assert data.class_names == ["cats", "dogs"]
+
+
+def test_catsdogs_nothing_there(tmp_path: Path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "readme.txt").write_text("hi")
+    with pytest.raises(DatasetError, match=r"train/cats/.*found a folder holding readme\.txt|train/cats/.*found"):
+        load_catsdogs(tmp_path, RGB32)
+
+
+def test_stratified_split_is_shuffled_and_covers_every_class():
+    labels = np.repeat(np.arange(6), 20)  # sorted by class, like the SIGNS file
+    train, val = stratified_split(labels, 0.2, seed=7)
+    assert sorted(np.concatenate([train, val])) == list(range(120))
+    assert list(np.bincount(labels[val])) == [4] * 6
+    assert not np.all(np.diff(val) > 0), "validation indices should be shuffled"
+    again_train, again_val = stratified_split(labels, 0.2, seed=7)
+    assert list(val) == list(again_val) and list(train) == list(again_train)
+    other_train, other_val = stratified_split(labels, 0.2, seed=8)
+    assert set(other_val) != set(val)

@@ -1,0 +1,105 @@
+"""python -m training train|evaluate|archs ... (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+TASK_NAMES = ["digits", "fruits", "signs", "catsdogs"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train and evaluate the Keras models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model and write a new version to the model store")
+    train.add_argument("task", choices=TASK_NAMES)
+    train.add_argument("--data", type=Path, required=True, help="the dataset's folder, as distributed")
+    train.add_argument("--arch", default="improved", help="'seed' (the reference post's model) or 'improved'")
+    train.add_argument("--epochs", type=int, help="default: the architecture's recipe")
+    train.add_argument("--batch-size", type=int, help="default: the architecture's recipe")
+    train.add_argument("--learning-rate", type=float, help="default: the architecture's recipe")
+    train.add_argument("--val-fraction", type=float, help="share of each class held out for validation")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--out", type=Path, default=Path("models"), help="the model store (default: models)")
+    train.add_argument("--reference", type=Path, help="a version trained with --arch seed, to compare against in the card")
+    train.add_argument("--download", action="store_true", help="fetch the public archive into --data first")
+    train.add_argument("--url", help="with --download: another archive address (e.g. a mirror or file://)")
+    train.add_argument("--sha256", help="with --download: the archive's expected sha256")
+
+    evaluate = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a version")
+    evaluate.add_argument("task", choices=TASK_NAMES)
+    evaluate.add_argument("--model", type=Path, required=True, help="a version folder, e.g. models/digits/1")
+    evaluate.add_argument("--data", type=Path, required=True)
+
+    sub.add_parser("archs", help="list the architectures with their parameter counts")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    # Imported here so that --help is instant and argument errors come before TensorFlow loads.
+    from training.architectures import ARCHITECTURES, get_architecture
+    from training.datasets import DatasetError
+    from training.tasks import TASKS
+
+    try:
+        if args.command == "archs":
+            for task, archs in ARCHITECTURES.items():
+                for name, arch in archs.items():
+                    model = arch.build(arch.input, 60 if task == "fruits" else 10 if task == "digits" else 6 if task == "signs" else 2)
+                    print(f"{task:9s} {name:9s} {model.count_params():>11,d}  input {arch.input.shape}  {arch.description}")
+            return 0
+
+        task = TASKS[args.task]
+        if args.command == "evaluate":
+            from modelcard import ModelCard
+            from training.fit import evaluate
+
+            card_file = args.model / "model.json"
+            if not card_file.is_file():
+                raise DatasetError(f"{args.model}: expected a model version folder with model.json, found none")
+            card = ModelCard.model_validate_json(card_file.read_text())
+            evaluate(args.model, task.load(args.data, card.input))
+            return 0
+
+        arch = get_architecture(args.task, args.arch)
+        data_path = args.data
+        if args.download:
+            from training.download import fetch
+
+            data_path = fetch(task, args.data, url=args.url, sha256=args.sha256)
+            print(f"downloaded and unpacked into {data_path}")
+        elif not data_path.exists():
+            raise DatasetError(
+                f"{data_path}: no dataset there. Expected {task.layout_hint}"
+                + ("; or pass --download to fetch it" if task.source else "")
+            )
+        from training.fit import Options, train
+
+        recipe = arch.recipe
+        options = Options(
+            epochs=args.epochs or recipe.epochs,
+            batch_size=args.batch_size or recipe.batch_size,
+            learning_rate=args.learning_rate or recipe.learning_rate,
+            seed=args.seed,
+            val_fraction=args.val_fraction or arch.val_fraction,
+        )
+        print(f"loading {task.name} from {data_path} ...", flush=True)
+        dataset = task.load(data_path, arch.input)
+        command = "python -m training " + shlex.join(sys.argv[1:] if argv is None else argv)
+        train(task, arch, dataset, options, args.out, command, reference=args.reference)
+        return 0
+    except (DatasetError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

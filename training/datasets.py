@@ -1,0 +1,347 @@
+"""One loader per dataset, each reading the format its users download it in.
+
+Every loader returns a `Dataset`: uint8 images (N, H, W, C) already in the model's input
+size and colour mode, integer labels, the class names in label order, and the test part
+when the download has one. Anything missing or malformed raises `DatasetError` with the
+path, what was expected there and what was found.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from modelcard import InputSpec, image_to_array
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+class DatasetError(Exception):
+    """A dataset is missing or malformed; the message says where and what."""
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # uint8, (N, H, W, C)
+    y: np.ndarray  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def counts(self, class_names: Sequence[str]) -> dict[str, int]:
+        found = np.bincount(self.y, minlength=len(class_names))
+        return {name: int(n) for name, n in zip(class_names, found, strict=True)}
+
+
+@dataclass
+class Dataset:
+    train: Split
+    class_names: list[str]
+    format: str
+    path: Path
+    test: Split | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _found(path: Path) -> str:
+    """A short description of what is at `path`, for error messages."""
+    if not path.exists():
+        return "nothing (the path does not exist)"
+    if path.is_file():
+        return f"a file of {path.stat().st_size} bytes"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    if not entries:
+        return "an empty folder"
+    shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
+    return f"a folder holding {shown}"
+
+
+# --------------------------------------------------------------------------- MNIST
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (the original MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: expected an IDX file, could not read it ({exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DatasetError(
+            f"{path}: expected an IDX file (magic number 0x000008NN), found magic bytes {data[:4].hex() or 'none'}"
+        )
+    ndim = data[3]
+    header_end = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header_end:
+        raise DatasetError(f"{path}: IDX header is truncated ({len(data)} bytes)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header_end != expected:
+        raise DatasetError(
+            f"{path}: IDX header promises shape {shape} ({expected} bytes of data), found {len(data) - header_end} bytes"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header_end).reshape(shape)
+
+
+def _find_idx(folder: Path, split: str, kind: str) -> Path | None:
+    # Official names use '-' (train-images-idx3-ubyte), some mirrors use '.' (train-images.idx3-ubyte).
+    dims = "3" if kind == "images" else "1"
+    for sep in ("-", "."):
+        for suffix in (".gz", ""):
+            candidate = folder / f"{split}-{kind}{sep}idx{dims}-ubyte{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _mnist_split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DatasetError(f"{where}: expected images of shape (N, 28, 28), found {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise DatasetError(
+            f"{where}: expected {images.shape[0]} labels to match the images, found shape {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DatasetError(f"{where}: expected labels 0-9, found {labels.min()}..{labels.max()}")
+    return Split(images.astype(np.uint8)[..., None], labels.astype(np.int64))
+
+
+def _read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in keys if k not in archive.files]
+            if missing:
+                raise DatasetError(f"{path}: expected arrays {list(keys)}, found {archive.files}")
+            return {k: archive[k] for k in keys}
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: expected a numpy .npz archive, could not read it ({exc})") from None
+
+
+def load_mnist(path: Path, spec: InputSpec | None = None) -> Dataset:
+    """MNIST as keras' `mnist.npz`, split files `mnist_train.npz`/`mnist_test.npz`, or IDX files."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    classes = [str(d) for d in range(10)]
+    if path.is_file() and path.suffix == ".npz":
+        npz_candidates = [path]
+    else:
+        npz_candidates = [folder / "mnist.npz", folder / "mnist_train.npz"]
+    for candidate in npz_candidates:
+        if not candidate.is_file():
+            continue
+        with np.load(candidate, allow_pickle=False) as archive:
+            files = set(archive.files)
+        if {"x_train", "y_train"} <= files:
+            arrays = _read_npz(candidate, ["x_train", "y_train"])
+            train = _mnist_split(arrays["x_train"], arrays["y_train"], str(candidate))
+            test = None
+            if {"x_test", "y_test"} <= files:
+                arrays = _read_npz(candidate, ["x_test", "y_test"])
+                test = _mnist_split(arrays["x_test"], arrays["y_test"], str(candidate))
+            elif (folder / "mnist_test.npz").is_file():
+                arrays = _read_npz(folder / "mnist_test.npz", ["x_test", "y_test"])
+                test = _mnist_split(arrays["x_test"], arrays["y_test"], str(folder / "mnist_test.npz"))
+            return Dataset(train, classes, f"npz ({candidate.name})", path, test)
+        raise DatasetError(f"{candidate}: expected arrays x_train and y_train, found {sorted(files)}")
+
+    images = _find_idx(folder, "train", "images")
+    labels = _find_idx(folder, "train", "labels")
+    if images and labels:
+        train = _mnist_split(read_idx(images), read_idx(labels), f"{images} + {labels.name}")
+        test = None
+        test_images, test_labels = _find_idx(folder, "t10k", "images"), _find_idx(folder, "t10k", "labels")
+        if test_images and test_labels:
+            test = _mnist_split(read_idx(test_images), read_idx(test_labels), str(test_images))
+        return Dataset(train, classes, "idx" + (" (gzip)" if images.suffix == ".gz" else ""), path, test)
+    raise DatasetError(
+        f"{path}: expected MNIST as mnist.npz, mnist_train.npz, or the IDX files "
+        f"train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]; found {_found(path)}"
+    )
+
+
+# --------------------------------------------------------------------------- SIGNS
+
+
+def load_signs(path: Path, spec: InputSpec | None = None) -> Dataset:
+    """SIGNS hand signs as the course's `train_signs.h5` (+ optional `test_signs.h5`)."""
+    import h5py
+
+    path = Path(path)
+    train_file = path if path.is_file() else path / "train_signs.h5"
+    if not train_file.is_file():
+        raise DatasetError(f"{path}: expected train_signs.h5 (and optionally test_signs.h5), found {_found(path)}")
+
+    def read(file: Path, prefix: str) -> tuple[Split, list[str]]:
+        try:
+            with h5py.File(file, "r") as h5:
+                keys = sorted(h5.keys())
+                needed = [f"{prefix}_set_x", f"{prefix}_set_y"]
+                if any(k not in h5 for k in needed):
+                    raise DatasetError(f"{file}: expected datasets {needed} and list_classes, found keys {keys}")
+                x = np.asarray(h5[needed[0]])
+                y = np.asarray(h5[needed[1]]).reshape(-1)
+                classes = np.asarray(h5["list_classes"]).reshape(-1) if "list_classes" in h5 else np.unique(y)
+        except OSError as exc:
+            raise DatasetError(f"{file}: expected an HDF5 file, could not open it ({exc})") from None
+        if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] != y.shape[0]:
+            raise DatasetError(f"{file}: expected images (N, H, W, 3) and N labels, found {x.shape} and {y.shape}")
+        names = [str(c.decode() if isinstance(c, bytes) else c) for c in classes]
+        index = {name: i for i, name in enumerate(names)}
+        try:
+            labels = np.array([index[str(v)] for v in y], dtype=np.int64)
+        except KeyError as exc:
+            raise DatasetError(f"{file}: label {exc} is not in list_classes {names}") from None
+        if spec is not None and x.shape[1:3] != (spec.height, spec.width):
+            x = np.stack([image_to_array(Image.fromarray(img.astype(np.uint8)), spec) for img in x])
+        return Split(x.astype(np.uint8), labels), names
+
+    train, names = read(train_file, "train")
+    test = None
+    test_file = train_file.with_name("test_signs.h5")
+    if test_file.is_file():
+        test, test_names = read(test_file, "test")
+        if test_names != names:
+            raise DatasetError(f"{test_file}: list_classes {test_names} differs from the training file's {names}")
+    return Dataset(train, names, "h5", path, test)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def decode_images(files: Sequence[Path], spec: InputSpec, workers: int = 4) -> np.ndarray:
+    """Decode image files into the model's input arrays with the shared preprocessing."""
+
+    def one(file: Path) -> np.ndarray:
+        try:
+            with Image.open(file) as image:
+                image.load()
+                return image_to_array(image, spec)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise DatasetError(f"{file}: expected a readable image, could not decode it ({exc})") from None
+
+    if not files:
+        return np.zeros((0, *spec.shape), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
+        return np.stack(list(pool.map(one, files)))
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _folder_split(folder: Path, spec: InputSpec, class_names: list[str] | None = None) -> tuple[Split, list[str]]:
+    """Read `folder/<class>/*.jpg`; with `class_names`, folders must be among them."""
+    subfolders = _class_folders(folder)
+    names = class_names or [p.name for p in subfolders]
+    index = {name: i for i, name in enumerate(names)}
+    files: list[Path] = []
+    labels: list[int] = []
+    for sub in subfolders:
+        if sub.name not in index:
+            raise DatasetError(f"{sub}: class folder {sub.name!r} is not among the training classes")
+        images = sorted(p for p in sub.iterdir() if _is_image(p))
+        files += images
+        labels += [index[sub.name]] * len(images)
+    empty = [p.name for p in subfolders if not any(_is_image(c) for c in p.iterdir())]
+    if not files or (class_names is None and empty):
+        what = f"class folders with no images: {empty}" if empty else _found(folder)
+        raise DatasetError(f"{folder}: expected one folder of images per class, found {what}")
+    return Split(decode_images(files, spec), np.array(labels, dtype=np.int64)), names
+
+
+def load_fruits(path: Path, spec: InputSpec) -> Dataset:
+    """Fruits-360: `Training/<class>/*.jpg` and optionally `Test/<class>/*.jpg`."""
+    path = Path(path)
+    training = path / "Training"
+    if not training.is_dir():
+        raise DatasetError(f"{path}: expected the Fruits-360 folder with Training/<class>/*.jpg, found {_found(path)}")
+    train, names = _folder_split(training, spec)
+    test = None
+    for test_name in ("Test", "Validation"):  # the 2018 release called its test split Validation
+        if (path / test_name).is_dir():
+            test, _ = _folder_split(path / test_name, spec, names)
+            break
+    return Dataset(train, names, "folder per class (Fruits-360)", path, test)
+
+
+_KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.(jpe?g|png)$", re.IGNORECASE)
+CATSDOGS_CLASSES = ["cats", "dogs"]
+
+
+def _catsdogs_part(folder: Path, spec: InputSpec) -> tuple[Split, str] | None:
+    """One part (train or validation) in either layout, or None if `folder` holds neither."""
+    if not folder.is_dir():
+        return None
+    if all((folder / name).is_dir() for name in CATSDOGS_CLASSES):
+        split, _ = _folder_split(folder, spec, CATSDOGS_CLASSES)
+        return split, "folder per class"
+    flat = sorted(p for p in folder.iterdir() if p.is_file() and _KAGGLE_NAME.match(p.name))
+    if flat:
+        labels = np.array([0 if p.name.lower().startswith("cat") else 1 for p in flat], dtype=np.int64)
+        return Split(decode_images(flat, spec), labels), "Kaggle flat (cat.N.jpg / dog.N.jpg)"
+    return None
+
+
+def load_catsdogs(path: Path, spec: InputSpec) -> Dataset:
+    """Cats vs dogs: `train/{cats,dogs}` (+ `validation/...`), or Kaggle's flat `cat.N.jpg` files."""
+    path = Path(path)
+    for train_dir in (path / "train", path):
+        found = _catsdogs_part(train_dir, spec)
+        if found:
+            train, layout = found
+            test = None
+            if train_dir != path:
+                for name in ("validation", "test"):
+                    part = _catsdogs_part(path / name, spec)
+                    if part:
+                        test = part[0]
+                        break
+            if len(np.unique(train.y)) < 2:
+                raise DatasetError(f"{train_dir}: expected images of both cats and dogs, found only {CATSDOGS_CLASSES[train.y[0]]}")
+            return Dataset(train, CATSDOGS_CLASSES, layout, path, test)
+    raise DatasetError(
+        f"{path}: expected train/cats/ and train/dogs/ (optionally validation/...), or Kaggle files "
+        f"named cat.N.jpg / dog.N.jpg; found {_found(path)}"
+    )
+
+
+# --------------------------------------------------------------------------- splitting
+
+Loader = Callable[[Path, InputSpec], Dataset]
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation): `fraction` of every class, shuffled with `seed`.
+
+    Every class with at least two images keeps at least one in each part.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))

@@ -1,0 +1,44 @@
+"""Writes a model version the service can read: `<root>/<name>/<version>/`.
+
+A version appears all at once (written in a hidden folder, then renamed into place) and
+never replaces an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import keras
+
+from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
+
+
+def write_version(root: Path, model: keras.Model, card: ModelCard) -> Path:
+    """Save `model` with `card` as the next version of `card.name`; returns its folder.
+
+    The card's `version` and `sha256` are filled in here.
+    """
+    folder = Path(root) / card.name
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        model.save(tmp / MODEL_FILE)
+        digest = file_sha256(tmp / MODEL_FILE)
+        version = max(list_versions(root, card.name), default=0) + 1
+        while True:
+            final = card.model_copy(update={"version": version, "sha256": digest})
+            (tmp / CARD_FILE).write_text(final.model_dump_json(indent=2) + "\n")
+            try:
+                os.rename(tmp, folder / str(version))  # fails if the version exists: never overwrite
+                return folder / str(version)
+            except OSError:
+                if not (folder / str(version)).exists():
+                    raise
+                version += 1
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
