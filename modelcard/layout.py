@@ -24,9 +24,9 @@ def list_versions(root: Path, name: str) -> list[int]:
         return []
     versions = []
     for child in folder.iterdir():
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
-            if (child / MODEL_FILE).is_file() and (child / CARD_FILE).is_file():
-                versions.append(int(child.name))
+        is_version = child.is_dir() and child.name.isdigit() and int(child.name) > 0
+        if is_version and (child / MODEL_FILE).is_file() and (child / CARD_FILE).is_file():
+            versions.append(int(child.name))
     return sorted(versions)
 
 

@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, help="share of each class held out for validation")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--out", type=Path, default=Path("models"), help="the model store (default: models)")
-    train.add_argument("--reference", type=Path, help="a version trained with --arch seed, to compare against in the card")
+    train.add_argument(
+        "--reference", type=Path, help="a version trained with --arch seed, to compare against in the card"
+    )
     train.add_argument("--download", action="store_true", help="fetch the public archive into --data first")
     train.add_argument("--url", help="with --download: another archive address (e.g. a mirror or file://)")
     train.add_argument("--sha256", help="with --download: the archive's expected sha256")
@@ -52,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "archs":
             for task, archs in ARCHITECTURES.items():
                 for name, arch in archs.items():
-                    model = arch.build(arch.input, 60 if task == "fruits" else 10 if task == "digits" else 6 if task == "signs" else 2)
-                    print(f"{task:9s} {name:9s} {model.count_params():>11,d}  input {arch.input.shape}  {arch.description}")
+                    model = arch.build(arch.input, {"digits": 10, "fruits": 60, "signs": 6}.get(task, 2))
+                    print(
+                        f"{task:9s} {name:9s} {model.count_params():>11,d}  input {arch.input.shape}  "
+                        f"{arch.description}"
+                    )
             return 0
 
         task = TASKS[args.task]

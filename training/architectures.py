@@ -154,13 +154,24 @@ RGB128 = InputSpec(height=128, width=128, channels=3, color_mode="rgb")
 ARCHITECTURES: dict[str, dict[str, Architecture]] = {
     "digits": {
         "seed": Architecture(
-            "seed", GREY28, build_digits_seed, Recipe(epochs=6, batch_size=128, learning_rate=1e-3),
-            "post 002: one Conv2D(32) + MaxPool + Dropout + Dense(10); 54,410 parameters", val_fraction=0.1,
+            "seed",
+            GREY28,
+            build_digits_seed,
+            Recipe(epochs=6, batch_size=128, learning_rate=1e-3),
+            "post 002: one Conv2D(32) + MaxPool + Dropout + Dense(10); 54,410 parameters",
+            val_fraction=0.1,
         ),
         "improved": Architecture(
-            "improved", GREY28, build_digits_improved,
-            Recipe(epochs=8, batch_size=128, learning_rate=2e-3, schedule="cosine",
-                   augmentation=("rotation:0.04", "zoom:0.1", "translation:0.08")),
+            "improved",
+            GREY28,
+            build_digits_improved,
+            Recipe(
+                epochs=8,
+                batch_size=128,
+                learning_rate=2e-3,
+                schedule="cosine",
+                augmentation=("rotation:0.04", "zoom:0.1", "translation:0.08"),
+            ),
             "3 blocks of 2x(Conv3x3+BN+ReLU) (32/64/128), global average pooling, dropout; trained "
             "with small rotations, zooms and shifts",
             val_fraction=0.1,
@@ -168,41 +179,77 @@ ARCHITECTURES: dict[str, dict[str, Architecture]] = {
     },
     "fruits": {
         "seed": Architecture(
-            "seed", RGB100, build_fruits_seed, Recipe(epochs=4, batch_size=32, learning_rate=1e-3),
+            "seed",
+            RGB100,
+            build_fruits_seed,
+            Recipe(epochs=4, batch_size=32, learning_rate=1e-3),
             "post 001: 11 Conv2D 3x3 + 4 MaxPools + Dense(1024) + Dense(60); 10,865,724 parameters",
         ),
         "improved": Architecture(
-            "improved", RGB100, build_fruits_improved,
-            Recipe(epochs=12, batch_size=32, learning_rate=2e-3, schedule="cosine",
-                   augmentation=("flip_horizontal", "rotation:0.05", "zoom:0.1", "brightness:0.1")),
+            "improved",
+            RGB100,
+            build_fruits_improved,
+            Recipe(
+                epochs=12,
+                batch_size=32,
+                learning_rate=2e-3,
+                schedule="cosine",
+                augmentation=("flip_horizontal", "rotation:0.05", "zoom:0.1", "brightness:0.1"),
+            ),
             "stride-2 stem, 4 blocks of 2x(Conv3x3+BN+ReLU) (32/64/96/128), global average pooling; "
             "about 25x fewer parameters than the seed",
         ),
     },
     "signs": {
         "seed": Architecture(
-            "seed", RGB64, build_signs_seed, Recipe(epochs=25, batch_size=64, learning_rate=1e-3),
+            "seed",
+            RGB64,
+            build_signs_seed,
+            Recipe(epochs=25, batch_size=64, learning_rate=1e-3),
             "post 004: ZeroPad, 2x(Conv7x7+BN+ReLU+MaxPool), Dense(6); 170,438 parameters",
         ),
         "improved": Architecture(
-            "improved", RGB64, build_signs_improved,
-            Recipe(epochs=50, batch_size=32, learning_rate=2e-3, schedule="cosine",
-                   augmentation=("flip_horizontal", "rotation:0.06", "zoom:0.12", "translation:0.08",
-                                 "brightness:0.15")),
+            "improved",
+            RGB64,
+            build_signs_improved,
+            Recipe(
+                epochs=50,
+                batch_size=32,
+                learning_rate=2e-3,
+                schedule="cosine",
+                augmentation=("flip_horizontal", "rotation:0.06", "zoom:0.12", "translation:0.08", "brightness:0.15"),
+            ),
             "4 blocks of 2x(Conv3x3+BN+ReLU) (32/64/128/192), global average pooling, dropout; "
             "trained with flips, rotations, zooms, shifts and brightness changes",
         ),
     },
     "catsdogs": {
         "seed": Architecture(
-            "seed", RGB32, build_catsdogs_seed, Recipe(epochs=30, batch_size=32, learning_rate=1e-3),
+            "seed",
+            RGB32,
+            build_catsdogs_seed,
+            Recipe(epochs=30, batch_size=32, learning_rate=1e-3),
             "post 000: Conv2D(32) + MaxPool + Conv2D(8) + MaxPool + Dense(384) + Dense(2); 200,970 parameters",
         ),
         "improved": Architecture(
-            "improved", RGB128, build_catsdogs_improved,
-            Recipe(epochs=60, batch_size=32, learning_rate=2e-3, schedule="cosine", label_smoothing=0.1,
-                   augmentation=("flip_horizontal", "rotation:0.08", "zoom:0.2", "translation:0.1",
-                                 "contrast:0.2", "brightness:0.15")),
+            "improved",
+            RGB128,
+            build_catsdogs_improved,
+            Recipe(
+                epochs=60,
+                batch_size=32,
+                learning_rate=2e-3,
+                schedule="cosine",
+                label_smoothing=0.1,
+                augmentation=(
+                    "flip_horizontal",
+                    "rotation:0.08",
+                    "zoom:0.2",
+                    "translation:0.1",
+                    "contrast:0.2",
+                    "brightness:0.15",
+                ),
+            ),
             "128x128 input, stride-2 stem, 5 blocks of 2x(Conv3x3+BN+ReLU) (32..256), global average "
             "pooling, dropout; "
             "trained with strong augmentation and label smoothing",

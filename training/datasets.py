@@ -90,7 +90,8 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header_end != expected:
         raise DatasetError(
-            f"{path}: IDX header promises shape {shape} ({expected} bytes of data), found {len(data) - header_end} bytes"
+            f"{path}: IDX header promises shape {shape} ({expected} bytes of data), "
+            f"found {len(data) - header_end} bytes"
         )
     return np.frombuffer(data, dtype=dtype, offset=header_end).reshape(shape)
 
@@ -315,7 +316,9 @@ def load_catsdogs(path: Path, spec: InputSpec) -> Dataset:
                         test = part[0]
                         break
             if len(np.unique(train.y)) < 2:
-                raise DatasetError(f"{train_dir}: expected images of both cats and dogs, found only {CATSDOGS_CLASSES[train.y[0]]}")
+                raise DatasetError(
+                    f"{train_dir}: expected images of both cats and dogs, found only {CATSDOGS_CLASSES[train.y[0]]}"
+                )
             return Dataset(train, CATSDOGS_CLASSES, layout, path, test)
     raise DatasetError(
         f"{path}: expected train/cats/ and train/dogs/ (optionally validation/...), or Kaggle files "

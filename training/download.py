@@ -51,7 +51,9 @@ def fetch(task: Task, dest: Path, url: str | None = None, sha256: str | None = N
             reason = getattr(exc, "reason", exc)
             raise DatasetError(f"could not download {url} ({reason}); {_offline_help(task, dest)}") from None
         if digest.hexdigest() != expected:
-            raise DatasetError(f"{url}: sha256 is {digest.hexdigest()}, expected {expected}; the download was discarded")
+            raise DatasetError(
+                f"{url}: sha256 is {digest.hexdigest()}, expected {expected}; the download was discarded"
+            )
         return _unpack(archive, dest)
 
 

@@ -105,8 +105,10 @@ def train(
     make_deterministic(options.seed)
     train_split, val_split = split_dataset(dataset, options.val_fraction, options.seed)
     names = dataset.class_names
-    log(f"{task.name}/{arch.name}: {len(train_split)} training, {len(val_split)} validation images, "
-        f"{len(names)} classes, input {arch.input.shape}")
+    log(
+        f"{task.name}/{arch.name}: {len(train_split)} training, {len(val_split)} validation images, "
+        f"{len(names)} classes, input {arch.input.shape}"
+    )
 
     model = arch.build(arch.input, len(names))
     recipe = arch.recipe
@@ -218,7 +220,9 @@ def evaluate(folder: Path, dataset: Dataset, log=print) -> ValidationMetrics:
     """
     model, card = load_version(folder)
     if dataset.class_names != card.class_names:
-        raise ValueError(f"dataset classes {dataset.class_names[:5]}... differ from the model's {card.class_names[:5]}...")
+        raise ValueError(
+            f"dataset classes {dataset.class_names[:5]}... differ from the model's {card.class_names[:5]}..."
+        )
     if dataset.test is not None and len(dataset.test):
         part, which = dataset.test, "test split"
     else:

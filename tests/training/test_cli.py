@@ -111,8 +111,23 @@ def test_download_from_a_file_url_with_checksum(tmp_path, mnist_npz):
     url = "file://" + urllib.parse.quote(str(archive))
     dest = tmp_path / "fetched"
     code = main(
-        ["train", "digits", "--arch", "seed", "--data", str(dest), "--download", "--url", url,
-         "--sha256", file_sha256(archive), "--epochs", "1", "--out", str(tmp_path / "m")]
+        [
+            "train",
+            "digits",
+            "--arch",
+            "seed",
+            "--data",
+            str(dest),
+            "--download",
+            "--url",
+            url,
+            "--sha256",
+            file_sha256(archive),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "m"),
+        ]
     )
     assert code == 0
     assert (dest / "mnist.npz").read_bytes() == archive.read_bytes()
@@ -128,7 +143,9 @@ def test_download_with_a_wrong_checksum_is_refused(tmp_path, mnist_npz, capsys):
 
 def test_download_offline_says_where_to_put_the_files(tmp_path, capsys):
     # an address nothing answers on: the same failure as a machine without internet
-    code = main(["train", "digits", "--data", str(tmp_path / "d"), "--download", "--url", "http://127.0.0.1:9/mnist.npz"])
+    code = main(
+        ["train", "digits", "--data", str(tmp_path / "d"), "--download", "--url", "http://127.0.0.1:9/mnist.npz"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "could not download" in err and str(tmp_path / "d") in err and "mnist.npz" in err
 
