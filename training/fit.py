@@ -183,8 +183,10 @@ def train(
 
 
 def _without_training_state(model: keras.Model) -> keras.Model:
-    """An uncompiled copy: the shipped file holds weights, not optimizer slots (3x smaller)."""
-    copy = keras.models.clone_model(model)
+    """An uncompiled copy: the shipped file holds weights, not optimizer slots (3x smaller).
+
+    Rebuilt from its config: keras.models.clone_model would carry the optimizer along."""
+    copy = model.__class__.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
 

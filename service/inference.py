@@ -1,0 +1,159 @@
+"""Pure inference: a loaded Keras model behind one compiled function; a batch in, probabilities out.
+
+Nothing here knows about HTTP or asyncio. `model.predict` is never used on the request path:
+it sets up a data pipeline per call (tens of milliseconds) for a model that runs in well under
+one. Instead each loaded version gets one `tf.function` with a fixed input signature (batch
+dimension unknown, so it is traced exactly once) and is called once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from modelcard import InputSpec
+
+log = logging.getLogger(__name__)
+
+_threads_lock = threading.Lock()
+_threads_configured: tuple[int, int] | None = None
+
+
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> bool:
+    """Size TensorFlow's thread pools; must run before the first TF op of the process.
+
+    Only the first call in a process can take effect (TF refuses later changes); later calls
+    with different numbers are logged and ignored, which is what tests building many apps need.
+
+    Args:
+        intra_op: threads inside one op (0: TensorFlow's default, one per core).
+        inter_op: ops run in parallel (0: TensorFlow's default).
+
+    Returns:
+        True if these numbers are now in force.
+    """
+    global _threads_configured
+    with _threads_lock:
+        if _threads_configured is not None:
+            if _threads_configured != (intra_op, inter_op):
+                log.warning(
+                    "TensorFlow threads already set to %s; ignoring %s", _threads_configured, (intra_op, inter_op)
+                )
+            return _threads_configured == (intra_op, inter_op)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        except RuntimeError:
+            log.warning("TensorFlow already initialised; thread settings %s not applied", (intra_op, inter_op))
+            _threads_configured = (-1, -1)
+            return False
+        _threads_configured = (intra_op, inter_op)
+        return True
+
+
+def load_keras_model(path: Path) -> keras.Model:
+    """Load a `.keras` file in safe mode (no arbitrary code from lambdas), without optimizer state."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    type: str
+    output_shape: list[int | None]
+    parameters: int
+
+
+def describe_layers(model: keras.Model) -> list[LayerInfo]:
+    """Each layer's name, class and output shape (batch dimension first, None)."""
+    described = []
+    for layer in model.layers:
+        try:
+            shape = list(layer.output.shape)
+        except (AttributeError, ValueError):  # a layer used more than once has no single output
+            shape = []
+        described.append(LayerInfo(layer.name, type(layer).__name__, shape, int(layer.count_params())))
+    return described
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """Powers of two up to `max_batch_size`, and `max_batch_size` itself."""
+    sizes, n = [], 1
+    while n < max_batch_size:
+        sizes.append(n)
+        n *= 2
+    sizes.append(max_batch_size)
+    return sizes
+
+
+class Classifier:
+    """One model version ready to be called on batches of raw pixels (float32, 0..255).
+
+    Args:
+        model: a Keras model taking `(batch, *spec.shape)` float32 and returning probabilities.
+        spec: the model's input spec, from its card.
+        num_classes: expected width of the output.
+        max_batch_size: largest batch `__call__` accepts.
+        pad_batches: pad each batch up to a warmed bucket size, so the kernels oneDNN picks per
+            shape are all chosen at load time rather than on a live request.
+    """
+
+    def __init__(
+        self, model: keras.Model, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = True
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.num_classes = num_classes
+        self.max_batch_size = max_batch_size
+        self.buckets = batch_buckets(max_batch_size) if pad_batches else []
+        self._check_shapes()
+        signature = tf.TensorSpec((None, *spec.shape), tf.float32, name="image")
+        serve = tf.function(lambda x: model(x, training=False), input_signature=[signature], autograph=False)
+        self._function = serve.get_concrete_function()
+        self.calls = 0  # model calls made; tests use it to see batching happen
+
+    def _check_shapes(self) -> None:
+        inputs = self.model.inputs
+        if len(inputs) != 1 or tuple(inputs[0].shape[1:]) != self.spec.shape:
+            got = [tuple(t.shape) for t in inputs]
+            raise ValueError(f"model input {got} does not match the card's input shape {self.spec.shape}")
+        outputs = self.model.outputs
+        if len(outputs) != 1 or tuple(outputs[0].shape[1:]) != (self.num_classes,):
+            got = [tuple(t.shape) for t in outputs]
+            raise ValueError(f"model output {got} does not match the card's {self.num_classes} classes")
+
+    def warm(self) -> None:
+        """Run every bucket size once (or sizes 1 and max without buckets)."""
+        for size in self.buckets or sorted({1, self.max_batch_size}):
+            self._run(np.zeros((size, *self.spec.shape), np.float32))
+        self.calls = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch.
+
+        Args:
+            batch: `(n, height, width, channels)` raw pixels, any real dtype; 1 <= n <= max_batch_size.
+
+        Returns:
+            `(n, num_classes)` float32 probabilities, rows in batch order.
+        """
+        n = len(batch)
+        if not 1 <= n <= self.max_batch_size:
+            raise ValueError(f"batch of {n}; expected 1..{self.max_batch_size}")
+        size = next((b for b in self.buckets if b >= n), n)
+        if size == n:
+            padded = np.asarray(batch, dtype=np.float32)
+        else:
+            padded = np.zeros((size, *self.spec.shape), np.float32)
+            padded[:n] = batch
+        self.calls += 1
+        return self._run(padded)[:n]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._function(tf.constant(batch)).numpy()

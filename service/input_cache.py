@@ -1,0 +1,85 @@
+"""Recent prediction inputs by prediction id, so activations can be recomputed later.
+
+Bounded two ways: entries expire after a TTL, and the oldest go first when the arrays held
+exceed a byte budget. Every entry lives for the same TTL, so insertion order is expiry order
+and both limits are enforced by dropping from the front.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+_ENTRY_OVERHEAD = 256  # rough bytes per entry besides the array: dict slot, dataclass, id string
+
+
+@dataclass(frozen=True, slots=True)
+class CachedInput:
+    """The preprocessed input behind one prediction, as the model received it."""
+
+    model: str
+    version: int
+    array: np.ndarray
+    created: float
+
+    @property
+    def nbytes(self) -> int:
+        return self.array.nbytes + _ENTRY_OVERHEAD
+
+
+class InputCache:
+    """Thread-safe TTL + byte-budget cache of `CachedInput` by id.
+
+    Args:
+        ttl_seconds: how long an entry stays retrievable.
+        max_bytes: budget for all entries; 0 disables the cache.
+        clock: monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(self, ttl_seconds: float, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, CachedInput] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, prediction_id: str, model: str, version: int, array: np.ndarray) -> None:
+        """Remember `array` under `prediction_id` (ids are unique; an existing one is replaced)."""
+        entry = CachedInput(model, version, array, self._clock())
+        if entry.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(prediction_id, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[prediction_id] = entry
+            self._bytes += entry.nbytes
+            self._evict(entry.created)
+
+    def get(self, prediction_id: str) -> CachedInput | None:
+        """The entry, or None if unknown, expired or evicted."""
+        with self._lock:
+            self._evict(self._clock())
+            return self._entries.get(prediction_id)
+
+    def _evict(self, now: float) -> None:
+        oldest_allowed = now - self.ttl_seconds
+        while self._entries:
+            first = next(iter(self._entries.values()))
+            if first.created > oldest_allowed and self._bytes <= self.max_bytes:
+                break
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= dropped.nbytes

@@ -1,0 +1,108 @@
+"""Prometheus metrics, one `CollectorRegistry` per app so several apps can live in one process."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MODEL_STATES = ("loading", "ready", "failed")
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The service's metrics. Labels are bounded: route templates, model names and versions."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prediction_latency = Histogram(
+            "prediction_duration_seconds",
+            "end-to-end /predict latency per model (body parsed to response built)",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter("predicted_images", "images predicted", ["model", "version"], registry=r)
+        self.inference_latency = Histogram(
+            "inference_duration_seconds",
+            "one model call on one batch",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "batch_size",
+            "images per model call (before padding)",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("queue_depth", "images waiting for a model call", ["model", "version"], registry=r)
+        self.model_state = Gauge(
+            "model_state", "1 for the state each model version is in", ["model", "version", "state"], registry=r
+        )
+        self.input_cache_bytes = Gauge("input_cache_bytes", "bytes held by the recent-inputs cache", registry=r)
+
+        self._request_children: dict[tuple[str, str, str], tuple] = {}
+        self._prediction_children: dict[tuple[str, int], tuple] = {}
+
+    # Label lookups take a lock and a few microseconds each; the hot paths keep the children.
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, str(status))
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(*key),
+                self.request_latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_prediction(self, model: str, version: int, images: int, seconds: float) -> None:
+        key = (model, version)
+        children = self._prediction_children.get(key)
+        if children is None:
+            children = self._prediction_children[key] = (
+                self.images.labels(model, str(version)),
+                self.prediction_latency.labels(model),
+            )
+        children[0].inc(images)
+        children[1].observe(seconds)
+
+    def set_model_state(self, model: str, version: int, state: str) -> None:
+        for name in MODEL_STATES:
+            self.model_state.labels(model, str(version), name).set(1.0 if name == state else 0.0)
+
+    def forget_model_version(self, model: str, version: int) -> None:
+        self._prediction_children.pop((model, version), None)
+        labels = (model, str(version))
+        for name in MODEL_STATES:
+            _remove(self.model_state, *labels, name)
+        for metric in (self.queue_depth, self.batch_size, self.inference_latency, self.images):
+            _remove(metric, *labels)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _remove(metric, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

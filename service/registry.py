@@ -1,0 +1,307 @@
+"""The model registry: which versions are in the store, their state, and the loaded ones.
+
+Layout read: `<model_dir>/<name>/<version>/{model.keras, model.json}` (see `modelcard`); folders
+whose name is not a positive integer, like the `.tmp-*` a writer renames into place, are
+ignored. Every version found is loaded in the background: card parsed, sha256 checked,
+Keras file loaded in safe mode, inference compiled and warmed, a batcher started. Only then
+does it turn `ready` and, if it is the newest ready version, the default: state changes
+happen on the event loop in one step, so a request sees the old default or the new one,
+never a half-loaded model. A request keeps the `ModelVersion` it resolved, so it finishes on
+that version even if a newer one becomes the default meanwhile. A version that fails is
+reported with a reason, and the versions already loaded keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
+from service.batching import Batcher
+from service.config import Settings
+from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from service.inference import Classifier, LayerInfo, describe_layers, load_keras_model
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+LOADING, READY, FAILED = "loading", "ready", "failed"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One version of one model and what the service knows about it."""
+
+    name: str
+    version: int
+    path: Path
+    state: str = LOADING
+    reason: str | None = None
+    card: ModelCard | None = None
+    classifier: Classifier | None = None
+    layers: list[LayerInfo] = field(default_factory=list)
+    batcher: Batcher | None = None
+    load_seconds: float | None = None
+    files_signature: tuple = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    card: ModelCard
+    classifier: Classifier
+    layers: list[LayerInfo]
+    seconds: float
+
+
+class ModelRegistry:
+    """Finds, loads and hot-swaps model versions; resolves a request's model to a loaded version.
+
+    Args:
+        settings: the service settings (store path, batching, polling interval).
+        metrics: where model states, queue depths and batch sizes are recorded.
+        inference_executor: the threads model calls run on.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, inference_executor: Executor) -> None:
+        self.settings = settings
+        self.root = Path(settings.model_dir)
+        self.metrics = metrics
+        self._inference_executor = inference_executor
+        self._load_executor = ThreadPoolExecutor(settings.load_threads, thread_name_prefix="model-load")
+        self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._loads: dict[tuple[str, int], asyncio.Task] = {}
+        self._poller: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Scan the store, start loading what is there, and poll for changes in the background."""
+        await self.refresh()
+        if self.settings.reload_interval_seconds > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="model-store-poller")
+
+    async def stop(self) -> None:
+        """Stop polling, abandon pending loads, let queued requests finish, stop batchers."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for task in self._loads.values():
+            task.cancel()
+        self._load_executor.shutdown(wait=False, cancel_futures=True)
+        batchers = [v.batcher for versions in self._models.values() for v in versions.values() if v.batcher]
+        await asyncio.gather(*(b.close() for b in batchers), return_exceptions=True)
+
+    async def wait_until_settled(self) -> None:
+        """Wait for every pending load to end (loaded or failed)."""
+        while self._loads:
+            await asyncio.gather(*list(self._loads.values()), return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_seconds)
+            try:
+                await self.refresh()
+            except Exception:  # a transient filesystem error must not end hot reload
+                log.exception("polling the model store failed")
+
+    # ------------------------------------------------------------------ discovery
+
+    def _scan(self) -> dict[str, dict[int, tuple]]:
+        found: dict[str, dict[int, tuple]] = {}
+        if not self.root.is_dir():
+            return found
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or folder.name.startswith((".", "_")):
+                continue
+            versions = {v: _files_signature(folder / str(v)) for v in list_versions(self.root, folder.name)}
+            if versions:
+                found[folder.name] = versions
+        return found
+
+    async def refresh(self) -> None:
+        """Compare the store with what is known: load new (or changed failed) versions, drop removed ones."""
+        found = await asyncio.to_thread(self._scan)
+        for name, versions in found.items():
+            known = self._models.setdefault(name, {})
+            for number, signature in versions.items():
+                current = known.get(number)
+                if current is None or (current.state == FAILED and current.files_signature != signature):
+                    self._start_load(name, number, signature)
+        for name in list(self._models):
+            for number in list(self._models[name]):
+                if number not in found.get(name, {}):
+                    await self._drop(name, number)
+            if not self._models[name]:
+                del self._models[name]
+
+    def _start_load(self, name: str, number: int, signature: tuple) -> None:
+        entry = ModelVersion(name, number, self.root / name / str(number), files_signature=signature)
+        self._models[name][number] = entry
+        self.metrics.set_model_state(name, number, LOADING)
+        log.info("loading %s version %d", name, number)
+        task = asyncio.get_running_loop().create_task(self._load(entry), name=f"load-{name}-{number}")
+        key = (name, number)
+        self._loads[key] = task
+        task.add_done_callback(lambda done: self._loads.pop(key) if self._loads.get(key) is done else None)
+
+    async def _drop(self, name: str, number: int) -> None:
+        entry = self._models[name].pop(number)
+        log.info("%s version %d left the store; unloading", name, number)
+        if (task := self._loads.get((name, number))) is not None:
+            task.cancel()
+        self.metrics.forget_model_version(name, number)
+        if entry.batcher is not None:
+            await entry.batcher.close()
+
+    # ------------------------------------------------------------------ loading
+
+    async def _load(self, entry: ModelVersion) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(self._load_executor, self._load_blocking, entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            reason = self._describe_failure(entry, error)
+            log.warning("%s version %d failed to load: %s", entry.name, entry.version, reason)
+            entry.state, entry.reason = FAILED, reason
+            self.metrics.set_model_state(entry.name, entry.version, FAILED)
+            return
+        if self._models.get(entry.name, {}).get(entry.version) is not entry:
+            return  # removed from the store while it loaded
+        batcher = self._make_batcher(entry.name, entry.version, loaded.classifier)
+        batcher.start()
+        # One synchronous step on the event loop: the version appears fully loaded or not at all.
+        entry.card, entry.classifier, entry.layers = loaded.card, loaded.classifier, loaded.layers
+        entry.batcher, entry.load_seconds = batcher, loaded.seconds
+        entry.state = READY
+        self.metrics.set_model_state(entry.name, entry.version, READY)
+        log.info("%s version %d ready in %.2fs", entry.name, entry.version, loaded.seconds)
+
+    def _load_blocking(self, entry: ModelVersion) -> _Loaded:
+        started = time.perf_counter()
+        try:
+            card = ModelCard.model_validate_json((entry.path / CARD_FILE).read_bytes())
+        except ValueError as error:
+            raise _LoadError(f"invalid model card: {_first_line(error)}") from None
+        if card.name != entry.name or card.version != entry.version:
+            raise _LoadError(f"card says {card.name!r} version {card.version}, found in {entry.name}/{entry.version}")
+        entry.card = card  # visible to /models even if the rest fails
+        digest = file_sha256(entry.path / MODEL_FILE)
+        if digest != card.sha256:
+            raise _LoadError(f"sha256 mismatch: {MODEL_FILE} is {digest[:12]}..., the card says {card.sha256[:12]}...")
+        model = load_keras_model(entry.path / MODEL_FILE)
+        classifier = Classifier(
+            model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
+        )
+        classifier.warm()
+        return _Loaded(card, classifier, describe_layers(model), time.perf_counter() - started)
+
+    def _make_batcher(self, name: str, number: int, classifier: Classifier) -> Batcher:
+        depth = self.metrics.queue_depth.labels(name, str(number))
+        sizes = self.metrics.batch_size.labels(name, str(number))
+        latency = self.metrics.inference_latency.labels(name, str(number))
+
+        def on_batch(size: int, seconds: float) -> None:
+            sizes.observe(size)
+            latency.observe(seconds)
+
+        return Batcher(
+            classifier,
+            self._inference_executor,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_us=self.settings.max_batch_wait_us,
+            max_queue_size=self.settings.max_queue_size,
+            retry_after_seconds=self.settings.retry_after_seconds,
+            on_queue_depth=depth.set,
+            on_batch=on_batch,
+            workers=self.settings.batch_workers,
+        )
+
+    def _describe_failure(self, entry: ModelVersion, error: Exception) -> str:
+        if isinstance(error, _LoadError):
+            return str(error)
+        # Keras and TF messages can carry absolute paths; the client sees store-relative ones.
+        text = f"{type(error).__name__}: {_first_line(error)}"
+        for path, shown in (
+            (entry.path.resolve(), f"{entry.name}/{entry.version}"),
+            (entry.path, f"{entry.name}/{entry.version}"),
+            (self.root.resolve(), "<model store>"),
+            (self.root, "<model store>"),
+        ):
+            text = text.replace(str(path), shown)
+        return text[:300]
+
+    # ------------------------------------------------------------------ queries
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """All known versions of `name`, ascending. Raises ModelNotFound."""
+        if name not in self._models:
+            raise ModelNotFound(f"unknown model {name!r}; known: {', '.join(self.names()) or 'none'}")
+        return [self._models[name][v] for v in sorted(self._models[name])]
+
+    def default(self, name: str) -> ModelVersion | None:
+        """The newest ready version of `name`, if any."""
+        ready = [v for v in self.versions(name) if v.ready]
+        return ready[-1] if ready else None
+
+    def resolve(self, name: str, version: int | None = None) -> ModelVersion:
+        """The loaded version a request should use: `version`, or the newest ready one.
+
+        Raises:
+            ModelNotFound, VersionNotFound: no such model or version in the store.
+            ModelNotReady: the version (or every version) is still loading or failed.
+        """
+        versions = self.versions(name)
+        if version is None:
+            chosen = self.default(name)
+            if chosen is None:
+                states = ", ".join(f"v{v.version} {v.state}" for v in versions)
+                raise ModelNotReady(f"model {name!r} has no ready version ({states})")
+            return chosen
+        entry = self._models[name].get(version)
+        if entry is None:
+            known = ", ".join(str(v.version) for v in versions)
+            raise VersionNotFound(f"model {name!r} has no version {version}; versions: {known}")
+        if not entry.ready:
+            detail = f": {entry.reason}" if entry.reason else ""
+            raise ModelNotReady(f"model {name!r} version {version} is {entry.state}{detail}")
+        return entry
+
+    def all_ready(self) -> bool:
+        """True when the store has models and every version found is loaded and warmed."""
+        return bool(self._models) and all(v.ready for versions in self._models.values() for v in versions.values())
+
+
+class _LoadError(Exception):
+    """A load failure whose message is already safe to show to clients."""
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _files_signature(folder: Path) -> tuple:
+    signature = []
+    for filename in (MODEL_FILE, CARD_FILE):
+        try:
+            stat = os.stat(folder / filename)
+            signature.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            signature.append(None)
+    return tuple(signature)

@@ -1,0 +1,170 @@
+"""Request and response shapes, as documented in the OpenAPI schema.
+
+Prediction bodies are parsed by hand (`service.api.body`) so that a bad multi-megabyte body is
+never echoed back in a validation error; their OpenAPI description lives here as plain schema.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from modelcard import InputSpec, ModelCard
+
+State = Literal["loading", "ready", "failed"]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["model_not_found"])
+    message: str = Field(examples=["unknown model 'digitz'; known: digits, fruits"])
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TopClass(BaseModel):
+    label: str
+    index: int
+    confidence: float
+
+
+class Prediction(BaseModel):
+    id: str = Field(description="names this prediction for the activations API", examples=["3f2a9c0e8b7d4e51"])
+    label: str = Field(examples=["7"])
+    index: int = Field(examples=[7])
+    confidence: float = Field(examples=[0.998])
+    probabilities: dict[str, float] = Field(description="every class label -> probability")
+    top_k: list[TopClass] = Field(description="the best classes, most probable first")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(examples=["digits"])
+    version: int = Field(examples=[1])
+    predictions: list[Prediction] = Field(description="one per input image, in request order")
+
+
+class VersionStatus(BaseModel):
+    version: int
+    state: State
+    reason: str | None = Field(None, description="why loading failed")
+
+
+class ModelStatus(BaseModel):
+    state: State = Field(description="ready: every version loaded; failed if any failed; else loading")
+    default_version: int | None = Field(description="newest ready version: what requests without `version` use")
+    versions: list[VersionStatus]
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    reason: str | None = None
+    models: dict[str, ModelStatus]
+
+
+class ModelSummary(BaseModel):
+    name: str
+    state: State
+    default_version: int | None
+    versions: list[VersionStatus]
+    class_names: list[str] = Field(description="labels, in output order (from the newest card read)")
+    input: InputSpec | None
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class Layer(BaseModel):
+    name: str = Field(examples=["conv1"])
+    type: str = Field(examples=["Conv2D"])
+    output_shape: list[int | None] = Field(examples=[[None, 26, 26, 32]])
+    parameters: int = Field(examples=[320])
+
+
+class ModelDetail(BaseModel):
+    name: str
+    version: int = Field(description="the version described (the default unless `version` was asked for)")
+    state: State
+    versions: list[VersionStatus]
+    card: ModelCard
+    layers: list[Layer] = Field(description="in model order; names usable with the activations API")
+
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Not an image, or a truncated or corrupt one; malformed body",
+        401: "Missing or wrong X-API-Key (when an API key is configured)",
+        404: "Unknown model or version",
+        413: "Body too large, too many images, or an image with too many pixels",
+        415: "Unsupported image format or content type",
+        422: "Wrong JSON, pixel arrays of the wrong shape, NaN/inf or out of range, bad parameters",
+        503: "Model not ready, or queue full (with Retry-After)",
+    }.items()
+}
+
+_TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+
+PREDICT_REQUEST_BODY = {
+    "required": True,
+    "description": (
+        "Images as multipart `file` parts (a batch), or JSON `instances`: base64 image files "
+        '(`{"b64": ...}`) or pixel arrays in the model\'s input shape (height x width x channels, '
+        "or height x width for one-channel models), raw values within 0..255. `top_k`, `version` "
+        "(and `model` for `/predict`) may also be given as form fields or JSON keys."
+    ),
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "model": {"type": "string", "description": "model name (POST /predict only)"},
+                    "top_k": {"type": "integer", "minimum": 1},
+                    "version": {"type": "integer", "minimum": 1},
+                },
+                "required": ["file"],
+            },
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "instances": {
+                        "type": "array",
+                        "items": {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "properties": {"b64": {"type": "string", "format": "byte"}},
+                                    "required": ["b64"],
+                                },
+                                {"type": "array", "description": "pixel array, nested lists of numbers"},
+                            ]
+                        },
+                    },
+                    "model": {"type": "string"},
+                    "top_k": {"type": "integer", "minimum": 1},
+                    "version": {"type": "integer", "minimum": 1},
+                },
+                "required": ["instances"],
+            },
+            "examples": {
+                "base64": {
+                    "summary": "one PNG file, base64-encoded",
+                    "value": {"instances": [{"b64": _TINY_PNG}], "top_k": 3},
+                },
+                "pixels": {
+                    "summary": "one 2x2 grey pixel array (a real model takes its own input size)",
+                    "value": {"instances": [[[0, 255], [255, 0]]]},
+                },
+            },
+        },
+    },
+}

@@ -1,0 +1,85 @@
+"""Hot reload: new versions load in the background and take over atomically; bad ones never do."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+from fastapi.testclient import TestClient
+
+from modelcard import file_sha256
+from service.main import create_app
+from tests.service.conftest import grey_image, settings_for, wait_until
+
+
+def test_new_version_takes_over_while_requests_run_and_a_bad_one_is_refused(models, tmp_path):
+    models.write(tmp_path, "grey", 1)
+    (tmp_path / "grey" / ".tmp-half-written").mkdir()  # a writer's scratch folder: never a version
+    (tmp_path / "grey" / "notes").mkdir()
+    settings = settings_for(tmp_path, reload_interval_seconds=0.1)
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200)
+        stop = threading.Event()
+        seen: list[list[tuple[int, int]]] = [[], []]
+
+        def hammer(log: list[tuple[int, int]]) -> None:
+            while not stop.is_set():
+                response = client.post("/models/grey/predict", files={"file": ("a.png", grey_image(255))})
+                log.append((response.status_code, response.json().get("version", -1)))
+
+        threads = [threading.Thread(target=hammer, args=(log,)) for log in seen]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: all(len(log) > 5 for log in seen), timeout=20)
+            models.write(tmp_path, "grey", 2)
+            wait_until(lambda: all(log[-1][1] == 2 for log in seen), timeout=20)
+            count = [len(log) for log in seen]
+            wait_until(lambda: all(len(log) > n + 5 for log, n in zip(seen, count, strict=True)), timeout=20)
+
+            # a version whose file does not match its card: reported, never served
+            models.write(tmp_path, "grey", 3, sha="f" * 64)
+            wait_until(lambda: client.get("/health/ready").status_code == 503, timeout=20)
+            count = [len(log) for log in seen]
+            wait_until(lambda: all(len(log) > n + 5 for log, n in zip(seen, count, strict=True)), timeout=20)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+
+        for log in seen:
+            assert {status for status, _ in log} == {200}, "no request may fail during a reload"
+            versions = [version for _, version in log]
+            assert versions[0] == 1 and versions[-1] == 2
+            switch = versions.index(2)
+            assert set(versions[switch:]) == {2}, "once version 2 serves, it stays the default"
+
+        grey = client.get("/health/ready").json()["models"]["grey"]
+        assert grey["default_version"] == 2
+        states = {v["version"]: (v["state"], v["reason"]) for v in grey["versions"]}
+        assert set(states) == {1, 2, 3}
+        assert states[2] == ("ready", None)
+        assert states[3][0] == "failed" and "sha256 mismatch" in states[3][1]
+        assert client.get("/health/live").status_code == 200
+
+        # a version folder that disappears is unloaded; the others keep serving
+        shutil.rmtree(tmp_path / "grey" / "1")
+        wait_until(lambda: [v["version"] for v in client.get("/models").json()["models"][0]["versions"]] == [2, 3])
+
+
+def test_a_model_file_keras_cannot_load_is_reported_without_paths(models, tmp_path):
+    folder = models.write(tmp_path, "grey", 1)
+    (folder / "model.keras").write_bytes(b"this is not a zip file")
+    card = (folder / "model.json").read_text()
+    old_sha = card.split('"sha256": "')[1][:64]
+    (folder / "model.json").write_text(card.replace(old_sha, file_sha256(folder / "model.keras")))
+    models.write(tmp_path, "colors", 1)
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        wait_until(lambda: client.get("/models").json()["models"][0]["state"] != "loading")
+        wait_until(lambda: client.get("/models").json()["models"][1]["state"] != "loading")
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        reason = ready.json()["models"]["grey"]["versions"][0]["reason"]
+        assert reason and str(tmp_path) not in reason
+        response = client.post("/models/colors/predict", files={"file": ("a.png", grey_image(0))})
+        assert response.status_code == 200
