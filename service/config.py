@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     # network
     host: str = Field("127.0.0.1", description="default for `python -m service --host`")
     port: int = Field(8000, ge=0, le=65535, description="default for `python -m service --port`")
-    api_key: SecretStr | None = Field(None, description="if set, every route but /health/live needs X-API-Key")
+    api_key: SecretStr | None = Field(
+        None, description="if set, every route but /health/live and the page files needs X-API-Key"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins, comma-separated; empty: CORS closed"
     )
@@ -61,6 +63,15 @@ class Settings(BaseSettings):
     # recent prediction inputs, kept for the activations API
     input_cache_ttl_seconds: float = Field(900.0, gt=0)
     input_cache_max_bytes: int = Field(128 * MiB, ge=0)
+
+    # activations, kernels and Grad-CAM
+    max_activation_response_bytes: int = Field(
+        64 * MiB, gt=0, description="largest activations/kernels/Grad-CAM answer; beyond it 413"
+    )
+    activation_probe_cache_size: int = Field(
+        8, ge=0, description="compiled layer-set probes kept per model version besides the all-layer one"
+    )
+    warm_activation_probes: bool = Field(True, description="compile and run each version's all-layer probe at load")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

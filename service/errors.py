@@ -57,8 +57,30 @@ class NotFound(ServiceError):
     status_code, code = 404, "not_found"
 
 
+class PredictionNotFound(ServiceError):
+    """A prediction id never issued, expired, evicted, or whose model version is gone."""
+
+    status_code, code = 404, "prediction_not_found"
+
+
+class UnknownLayer(ServiceError):
+    status_code, code = 400, "unknown_layer"
+
+
+class UnsuitableLayer(ServiceError):
+    """A real layer that cannot serve the request: not spatial for a grid or Grad-CAM, not a Conv2D for kernels."""
+
+    status_code, code = 400, "unsuitable_layer"
+
+
 class PayloadTooLarge(ServiceError):
     status_code, code = 413, "payload_too_large"
+
+
+class ResponseTooLarge(ServiceError):
+    """An answer (activations, kernels, an image) over the configured response byte budget."""
+
+    status_code, code = 413, "response_too_large"
 
 
 class TooManyImages(ServiceError):
@@ -94,6 +116,12 @@ class QueueFull(ServiceError):
 
 class InferenceFailed(ServiceError):
     status_code, code = 500, "inference_failed"
+
+
+class ActivationsUnavailable(ServiceError):
+    """The model serves predictions, but its layers could not be probed (see the server log)."""
+
+    status_code, code = 501, "activations_unavailable"
 
 
 def error_body(code: str, message: str) -> dict:

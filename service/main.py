@@ -11,23 +11,27 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import ROUTERS
+from service.api.page import PAGE_PATHS
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.inference import configure_tensorflow_threads
 from service.input_cache import InputCache
+from service.inspector import EXPOSED_HEADERS, Inspector
 from service.metrics import Metrics
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from service.predictor import Predictor
 from service.registry import ModelRegistry
 
-PUBLIC_PATHS = frozenset({"/health/live"})
+# The explorer page's own files hold no secrets; every API call it makes sends the key.
+PUBLIC_PATHS = frozenset({"/health/live", *PAGE_PATHS})
 
 _DESCRIPTION = """Keras image classifiers over HTTP.
 
 Send images to `POST /models/{name}/predict` as multipart `file` parts, base64 JSON or pixel
-arrays; every prediction carries an `id`. Errors always look like
-`{"error": {"code": "...", "message": "..."}}`. When the server has an API key, send it as
-`X-API-Key` (every route but `/health/live`)."""
+arrays; every prediction carries an `id`: `GET /activations/{id}` returns the activations of
+any layers for that image, `GET /activations/{id}/gradcam` a Grad-CAM heatmap. Errors always
+look like `{"error": {"code": "...", "message": "..."}}`. When the server has an API key, send it as
+`X-API-Key` (every route but `/health/live` and the explorer page's own files)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.input_cache = cache
         app.state.predictor = Predictor(
             registry, cache, metrics, decode_executor, settings.max_image_pixels, settings.max_top_k
+        )
+        app.state.inspector = Inspector(
+            registry,
+            cache,
+            app.state.predictor,
+            inference_executor,
+            decode_executor,  # encoding activations is CPU work of the same kind as decoding images
+            settings.max_activation_response_bytes,
         )
         await registry.start()
         try:
@@ -74,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", *EXPOSED_HEADERS],
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -14,6 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import PayloadTooLarge, error_response
 from service.metrics import Metrics
 
+# Metric label values must stay bounded: a client can send any method token (h11 accepts them all).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class MetricsMiddleware:
     """Counts requests by route template, method and status, and times them."""
@@ -41,11 +44,12 @@ class MetricsMiddleware:
             route = scope.get("route")
             # the template (/models/{name}/predict), never the raw path: bounded label values
             label = getattr(route, "path", None) or "<unmatched>"
-            self.metrics.observe_request(label, scope["method"], status, time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.observe_request(label, method, status, time.perf_counter() - started)
 
 
 class ApiKeyMiddleware:
-    """Requires `X-API-Key` on every path except the exempt ones (live health)."""
+    """Requires `X-API-Key` on every path except the exempt ones (live health, the page files)."""
 
     def __init__(self, app: ASGIApp, api_key: str, exempt_paths: frozenset[str]) -> None:
         self.app = app

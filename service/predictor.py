@@ -98,6 +98,16 @@ class Predictor:
         self.metrics.observe_prediction(entry.name, entry.version, len(arrays), time.perf_counter() - started)
         return body
 
+    def remember(self, entry: ModelVersion, arrays: Sequence[np.ndarray]) -> list[str]:
+        """Keep each preprocessed input for the activations API, under a new id; returns the ids."""
+        ids = []
+        for array in arrays:
+            prediction_id = uuid.uuid4().hex
+            self.cache.put(prediction_id, entry.name, entry.version, array)
+            ids.append(prediction_id)
+        self.metrics.input_cache_bytes.set(self.cache.nbytes)
+        return ids
+
     def _response(
         self, entry: ModelVersion, arrays: list[np.ndarray], probabilities: np.ndarray, top_k: int | None
     ) -> dict:
@@ -106,9 +116,8 @@ class Predictor:
         rows = readable_floats(probabilities)
         best_rows = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].tolist()
         predictions = []
-        for array, values, best in zip(arrays, rows, best_rows, strict=True):
-            prediction_id = uuid.uuid4().hex
-            self.cache.put(prediction_id, entry.name, entry.version, array)
+        ids = self.remember(entry, arrays)
+        for prediction_id, values, best in zip(ids, rows, best_rows, strict=True):
             top = best[0]
             predictions.append(
                 {
@@ -120,7 +129,6 @@ class Predictor:
                     "top_k": [{"label": labels[i], "index": i, "confidence": values[i]} for i in best],
                 }
             )
-        self.metrics.input_cache_bytes.set(self.cache.nbytes)
         return {"model": entry.name, "version": entry.version, "predictions": predictions}
 
 

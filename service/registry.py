@@ -3,12 +3,12 @@
 Layout read: `<model_dir>/<name>/<version>/{model.keras, model.json}` (see `modelcard`); folders
 whose name is not a positive integer, like the `.tmp-*` a writer renames into place, are
 ignored. Every version found is loaded in the background: card parsed, sha256 checked,
-Keras file loaded in safe mode, inference compiled and warmed, a batcher started. Only then
-does it turn `ready` and, if it is the newest ready version, the default: state changes
-happen on the event loop in one step, so a request sees the old default or the new one,
-never a half-loaded model. A request keeps the `ModelVersion` it resolved, so it finishes on
-that version even if a newer one becomes the default meanwhile. A version that fails is
-reported with a reason, and the versions already loaded keep serving.
+Keras file loaded in safe mode, inference compiled and warmed, the activation probe built, a
+batcher started. Only then does it turn `ready` and, if it is the newest ready version, the
+default: state changes happen on the event loop in one step, so a request sees the old
+default or the new one, never a half-loaded model. A request keeps the `ModelVersion` it
+resolved, so it finishes on that version even if a newer one becomes the default meanwhile.
+A version that fails is reported with a reason, and the versions already loaded keep serving.
 """
 
 from __future__ import annotations
@@ -21,13 +21,18 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
+from service.activations import ActivationProbe
 from service.batching import Batcher
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.inference import Classifier, LayerInfo, describe_layers, load_keras_model
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class ModelVersion:
     reason: str | None = None
     card: ModelCard | None = None
     classifier: Classifier | None = None
+    probe: ActivationProbe | None = None
     layers: list[LayerInfo] = field(default_factory=list)
     batcher: Batcher | None = None
     load_seconds: float | None = None
@@ -59,6 +65,7 @@ class ModelVersion:
 class _Loaded:
     card: ModelCard
     classifier: Classifier
+    probe: ActivationProbe | None
     layers: list[LayerInfo]
     seconds: float
 
@@ -184,6 +191,7 @@ class ModelRegistry:
         batcher.start()
         # One synchronous step on the event loop: the version appears fully loaded or not at all.
         entry.card, entry.classifier, entry.layers = loaded.card, loaded.classifier, loaded.layers
+        entry.probe = loaded.probe
         entry.batcher, entry.load_seconds = batcher, loaded.seconds
         entry.state = READY
         self.metrics.set_model_state(entry.name, entry.version, READY)
@@ -206,7 +214,23 @@ class ModelRegistry:
             model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
         )
         classifier.warm()
-        return _Loaded(card, classifier, describe_layers(model), time.perf_counter() - started)
+        probe = self._build_probe(entry, model, card)
+        return _Loaded(card, classifier, probe, describe_layers(model), time.perf_counter() - started)
+
+    def _build_probe(self, entry: ModelVersion, model: keras.Model, card: ModelCard) -> ActivationProbe | None:
+        # A model that predicts but cannot be probed still serves predictions.
+        try:
+            probe = ActivationProbe(
+                model, card.input, self.settings.max_batch_size, self.settings.activation_probe_cache_size
+            )
+            if self.settings.warm_activation_probes:
+                probe.warm()
+        except Exception:
+            log.exception(
+                "%s version %d: activations unavailable, the probe could not be built", entry.name, entry.version
+            )
+            return None
+        return probe
 
     def _make_batcher(self, name: str, number: int, classifier: Classifier) -> Batcher:
         depth = self.metrics.queue_depth.labels(name, str(number))

@@ -96,6 +96,51 @@ class ModelDetail(BaseModel):
     layers: list[Layer] = Field(description="in model order; names usable with the activations API")
 
 
+class EncodedArray(BaseModel):
+    shape: list[int] = Field(examples=[[1, 26, 26, 32]])
+    dtype: Literal["float32"] = "float32"
+    encoding: Literal["base64", "list"] = Field(
+        description="base64: the raw little-endian float32 bytes in C (row-major) order; list: nested lists"
+    )
+    data: str | list = Field(description="the values, as `encoding` says")
+
+
+class LayerActivation(EncodedArray):
+    name: str = Field(examples=["conv1"])
+    type: str = Field(examples=["Conv2D"])
+
+
+class ActivationsResponse(BaseModel):
+    model: str = Field(examples=["digits"])
+    version: int = Field(examples=[1])
+    id: str | None = Field(description="the prediction id, when the answer is for one image")
+    ids: list[str] = Field(description="every image's prediction id, in batch order")
+    layers: list[LayerActivation] = Field(
+        description="in the order asked for (model order by default); each array has a leading batch axis"
+    )
+
+
+class KernelsResponse(BaseModel):
+    model: str
+    version: int
+    layer: str = Field(examples=["conv1"])
+    type: str = Field(examples=["Conv2D"])
+    kernel: EncodedArray = Field(description="(kernel height, kernel width, input channels, filters)")
+    bias: EncodedArray | None = Field(description="(filters,), or null for a layer without bias")
+
+
+class GradCamResponse(BaseModel):
+    model: str
+    version: int
+    id: str
+    layer: str = Field(description="the layer whose feature maps were weighted", examples=["conv2"])
+    label: str = Field(description="the class explained", examples=["7"])
+    index: int
+    probability: float = Field(description="the model's probability for that class")
+    peak: float = Field(description="the heatmap's maximum before scaling; 0: no evidence for the class in the layer")
+    heatmap: EncodedArray = Field(description="(height, width) at the layer's resolution, scaled to [0, 1]")
+
+
 ERROR_RESPONSES = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
@@ -124,7 +169,7 @@ PREDICT_REQUEST_BODY = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
                     "model": {"type": "string", "description": "model name (POST /predict only)"},
                     "top_k": {"type": "integer", "minimum": 1},
                     "version": {"type": "integer", "minimum": 1},
@@ -138,6 +183,7 @@ PREDICT_REQUEST_BODY = {
                 "properties": {
                     "instances": {
                         "type": "array",
+                        "minItems": 1,
                         "items": {
                             "oneOf": [
                                 {

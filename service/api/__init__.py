@@ -1,5 +1,6 @@
 """One thin router per resource: HTTP in, calls to the registry and predictor, HTTP out."""
 
-from service.api import health, metrics, models, predict
+from service.api import activations, health, metrics, models, page, predict
 
-ROUTERS = (predict.router, health.router, models.router, metrics.router)  # hot routes match first
+# hot routes match first
+ROUTERS = (predict.router, health.router, models.router, activations.router, metrics.router, page.router)

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.config import Settings
+from service.inspector import Inspector
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.registry import ModelRegistry
@@ -23,6 +24,10 @@ async def _predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
 
+async def _inspector(request: Request) -> Inspector:
+    return request.app.state.inspector
+
+
 async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -33,5 +38,6 @@ async def _metrics(request: Request) -> Metrics:
 
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 PredictorDep = Annotated[Predictor, Depends(_predictor)]
+InspectorDep = Annotated[Inspector, Depends(_inspector)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]

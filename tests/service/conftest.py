@@ -4,7 +4,8 @@ Two models whose answers are known without training:
 - `grey`: 8x8 grayscale, Conv2D `conv1` (a 3x3 mean filter) -> Flatten -> Dense `probabilities`,
   classes dark/bright: "bright" when the mean pixel is above 127.5;
 - `colors`: 8x8 RGB, global average -> Dense `probabilities`, classes red/green/blue: the
-  strongest channel wins.
+  strongest channel wins;
+and `edges` (8x8 RGB, two convolutions with seeded asymmetric weights) for the activations API.
 """
 
 from __future__ import annotations
@@ -51,6 +52,33 @@ def build_colors_model() -> keras.Model:
     out = keras.layers.Dense(3, activation="softmax", name="probabilities")(x)
     model = keras.Model(image, out, name="colors")
     model.get_layer("probabilities").set_weights([np.eye(3, dtype=np.float32) * 10.0, np.zeros(3, np.float32)])
+    return model
+
+
+def build_edges_model() -> keras.Model:
+    """8x8 RGB: two convolutions with fixed, asymmetric (seeded) weights, a ReLU layer, global average.
+
+    Made for the activations tests: `conv1`'s kernels are not symmetric, so cross-correlation and
+    true convolution differ; `conv2` has no activation of its own and feeds a separate `relu2`.
+    """
+    rng = np.random.default_rng(5)
+    image = keras.Input(shape=RGB_SPEC.shape, name="image", dtype="float32")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(image)
+    x = keras.layers.Conv2D(2, 3, activation="relu", name="conv1")(x)  # 6x6x2
+    x = keras.layers.Conv2D(3, 3, padding="same", name="conv2")(x)  # 6x6x3
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    out = keras.layers.Dense(2, activation="softmax", name="probabilities")(x)
+    model = keras.Model(image, out, name="edges")
+    model.get_layer("conv1").set_weights(
+        [rng.uniform(-1, 1, (3, 3, 3, 2)).astype(np.float32), np.array([0.3, 0.1], np.float32)]
+    )
+    model.get_layer("conv2").set_weights(
+        [rng.uniform(-1, 1, (3, 3, 2, 3)).astype(np.float32), np.array([0.1, 0.0, 0.2], np.float32)]
+    )
+    model.get_layer("probabilities").set_weights(
+        [rng.uniform(-3, 3, (3, 2)).astype(np.float32), np.zeros(2, np.float32)]
+    )
     return model
 
 
@@ -102,6 +130,7 @@ class ModelFactory:
     builders = {
         "grey": (build_grey_model, GREY_SPEC, ["dark", "bright"]),
         "colors": (build_colors_model, RGB_SPEC, ["red", "green", "blue"]),
+        "edges": (build_edges_model, RGB_SPEC, ["left", "right"]),
     }
 
     def __init__(self, cache: Path) -> None:
