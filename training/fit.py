@@ -116,8 +116,12 @@ def train(
     lr = options.learning_rate
     if recipe.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(options.learning_rate, decay_steps=max(steps, 1), alpha=0.01)
+    if recipe.weight_decay:
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(lr)
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
     )
@@ -159,7 +163,8 @@ def train(
             batch_size=options.batch_size,
             seed=options.seed,
             val_fraction=options.val_fraction,
-            optimizer="adam" + (" + cosine decay" if recipe.schedule == "cosine" else ""),
+            optimizer=(f"adamw (weight decay {recipe.weight_decay})" if recipe.weight_decay else "adam")
+            + (" + cosine decay" if recipe.schedule == "cosine" else ""),
             learning_rate=options.learning_rate,
             label_smoothing=recipe.label_smoothing,
             augmentation=list(recipe.augmentation),
