@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("tests/data"))
     parser.add_argument("--per-task", type=int, default=3)
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    for task, folder in FOLDERS.items():
+    for task_index, (task, folder) in enumerate(FOLDERS.items()):
+        rng = np.random.default_rng([0, task_index])  # per task: picks don't depend on which others exist
         versions = list_versions(args.models, task)
         if not versions:
             continue
