@@ -137,6 +137,7 @@ def train(
     validation = metrics_for(predict_probabilities(model, val_split.x), val_split.y, names)
     log(f"validation accuracy {validation.accuracy:.4f} after {wall:.0f} s")
 
+    reference_result = _reference_result(reference) if reference else None
     card = ModelCard(
         name=task.name,
         version=1,  # set by write_version
@@ -173,7 +174,8 @@ def train(
             python_version=platform.python_version(),
         ),
         validation=validation,
-        reference=_reference_result(reference) if reference else None,
+        reference=reference_result,
+        notes=selection_note(arch.name, arch.description, validation.accuracy, reference_result),
         sha256="0" * 64,  # set by write_version
         created_at=datetime.now(UTC),
     )
@@ -185,6 +187,19 @@ def train(
     path = write_version(out, _without_training_state(model), card)
     log(f"wrote {path}")
     return path, ModelCard.model_validate_json((path / CARD_FILE).read_text())
+
+
+def selection_note(arch: str, description: str, accuracy: float, reference: ReferenceResult | None) -> str:
+    """Which architecture this version is, and how it compares with the reference post's."""
+    note = f"Architecture {arch!r}: {description}. Validation accuracy {accuracy:.2%}"
+    if reference is None:
+        return note + "."
+    gain = accuracy - reference.validation_accuracy
+    return (
+        f"{note}, against {reference.validation_accuracy:.2%} for the reference post's architecture "
+        f"({reference.architecture!r}, {reference.parameters:,} parameters) trained on the same split with its "
+        f"post's recipe for {reference.epochs} epochs: {gain:+.2%}. Shipped because it measures best on validation."
+    )
 
 
 def _without_training_state(model: keras.Model) -> keras.Model:
