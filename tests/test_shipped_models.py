@@ -1,0 +1,64 @@
+"""The shipped model store: every version loads through the service, its card matches its
+file, and it classifies the sample images committed under tests/data/ (taken from each
+model's validation split) with the expected labels. The one test that needs the weights."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
+from service.config import Settings
+from service.main import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+SAMPLES = ROOT / "tests" / "data"
+TASKS = ["digits", "fruits", "signs", "catsdogs"]
+
+
+def _latest(task: str) -> Path:
+    versions = list_versions(MODELS, task)
+    assert versions, f"no shipped version of {task} in {MODELS}"
+    return MODELS / task / str(versions[-1])
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(Settings(model_dir=MODELS, reload_interval_seconds=0))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/health/ready").json()
+            time.sleep(0.2)
+        yield client
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_card_matches_the_file_and_the_loaded_model(client, task):
+    folder = _latest(task)
+    card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
+    assert card.sha256 == file_sha256(folder / MODEL_FILE)
+    assert card.name == task and card.version == int(folder.name)
+    described = client.get(f"/models/{task}").json()
+    layers = described["layers"]
+    assert layers[0]["name"] == "image"
+    assert layers[0]["output_shape"][1:] == list(card.input.shape)
+    assert layers[-1]["output_shape"][1:] == [len(card.class_names)]
+    assert card.validation.accuracy > 0.8
+    assert card.reference is not None and card.reference.architecture == "seed"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_sample_images_get_their_labels(client, task):
+    samples = sorted((SAMPLES / task).iterdir())
+    assert len(samples) >= 3
+    files = [("file", (p.name, p.read_bytes())) for p in samples]
+    response = client.post(f"/models/{task}/predict", files=files)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    expected = [p.name.split("__")[0] for p in samples]
+    assert [p["label"] for p in predictions] == expected
