@@ -8,20 +8,10 @@ SIGTERM) and any hand-built model written with a correct card (`write_model`).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import keras
 import numpy as np
 import pytest
@@ -100,75 +90,3 @@ def assert_no_leak(body: str | bytes, *paths: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- a real server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a live process (VmRSS), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    process: subprocess.Popen
-    log_path: Path
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-
-SERVER_ENV = {
-    "RELOAD_INTERVAL_SECONDS": "0",
-    "TF_INTRA_OP_THREADS": "1",
-    "TF_INTER_OP_THREADS": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "LOG_LEVEL": "warning",
-}
-
-
-@contextlib.contextmanager
-def serve(store: Path, log_path: Path, ready: bool = True, timeout: float = 120, **env: str) -> Iterator[Server]:
-    """`python -m service` on a free 127.0.0.1 port over `store`, until the block ends.
-
-    Waits for /health/ready == 200 (`ready`), or only for /health/live. Killed on the way out
-    if still running.
-    """
-    port = free_port()
-    inherited = {key: value for key, value in os.environ.items() if key != "API_KEY"}
-    environment = inherited | SERVER_ENV | {"MODEL_DIR": str(store)} | env
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
-    try:
-        deadline = time.monotonic() + timeout
-        path = "/health/ready" if ready else "/health/live"
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{server.log_tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(server.url + path, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not answering {path} within {timeout}s:\n{server.log_tail()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 
 from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256
 from service.main import create_app
-from tests.reliability.conftest import assert_no_leak, serve
+from tests.live_server import serve
+from tests.reliability.conftest import assert_no_leak
 from tests.service.conftest import grey_image, settings_for, wait_until
 
 # ---------------------------------------------------------------------------------- broken store

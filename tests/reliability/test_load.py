@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.reliability.conftest import copy_shipped_digits, rss_bytes, serve
+from tests.live_server import rss_bytes, serve
+from tests.reliability.conftest import copy_shipped_digits
 
 REQUESTS = 20_000
 WARMUP_REQUESTS = 1_000

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.live_server import serve
 from tests.service.conftest import color_image, grey_image
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_BODY = 64 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,45 +21,9 @@ def server(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     models.write(root, "grey", 1)
     models.write(root, "colors", 1)
-    port = free_port()
-    log_path = root.parent / "server.log"
-    env = {
-        **os.environ,
-        "MODEL_DIR": str(root),
-        "MAX_BODY_BYTES": str(MAX_BODY),
-        "RELOAD_INTERVAL_SECONDS": "0",
-        "MAX_BATCH_SIZE": "8",
-        "TF_INTRA_OP_THREADS": "1",
-        "TF_INTER_OP_THREADS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in time:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url, process, log_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    log = root.parent / "server.log"  # the SIGTERM test reads uvicorn's info lines
+    with serve(root, log, MAX_BODY_BYTES=str(MAX_BODY), MAX_BATCH_SIZE="8", LOG_LEVEL="info") as live:
+        yield live.url, live.process, live.log_path
 
 
 def test_predicts_over_loopback(server):
