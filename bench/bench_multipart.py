@@ -77,7 +77,9 @@ def form(files: list[bytes]) -> tuple[bytes, str]:
     boundary = os.urandom(12).hex()
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
         for i, data in enumerate(files)
     ]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
@@ -113,9 +115,11 @@ def main() -> None:
         seconds = args.seconds if len(body) < 1_000_000 else args.seconds * 3
         old, new = [], []
         for _ in range(args.rounds):  # interleaved: a noisy neighbour hits both alike
-            old.append(per_call_us(lambda: list(hand_written(body, content_type)), seconds))
+            old.append(per_call_us(lambda b=body, c=content_type: list(hand_written(b, c)), seconds))
             new.append(
-                per_call_us(lambda: loop.run_until_complete(_read_multipart(_Request(body, content_type), 64)), seconds)
+                per_call_us(
+                    lambda b=body, c=content_type: loop.run_until_complete(_read_multipart(_Request(b, c), 64)), seconds
+                )
             )
         share = (min(new) - min(old)) / (args.request_ms * 1000)
         print(f"| {label} | {min(old):.1f} | {min(new):.1f} | {share:+.1%} of a {args.request_ms} ms request |")

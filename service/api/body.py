@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, TooManyImages, UnsupportedFormat
 
 _FIELDS = ("model", "version", "top_k")
+# python-multipart logs a warning for each malformed body before raising; the client gets its
+# 400 and the log would get one line per bad request (a cheap flood): errors only.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 _JSON_OFFLOAD_BYTES = 256 * 1024  # parse bigger JSON bodies off the event loop
 _MAX_OTHER_PARTS = 16  # form parts allowed besides the images: the fields, and some slack
 
