@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         1000, gt=0, description="open connections per worker; beyond it a new connection gets 503 and is closed"
     )
 
+    gc_freeze_after_load: bool = Field(
+        True, description="move what is alive after each model load out of the garbage collector's way (gc.freeze)"
+    )
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _blank_key_is_no_key(cls, value: object) -> object:

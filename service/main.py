@@ -3,6 +3,7 @@ lifespan loads the model store and stops it cleanly. Nothing happens at import t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from service.api.docs import DOCS_PATHS, add_api_key_scheme
 from service.api.page import PAGE_PATHS
 from service.config import Settings
 from service.errors import install_error_handlers
+from service.heap import freeze_when_loaded
 from service.inference import configure_tensorflow_threads
 from service.input_cache import InputCache
 from service.inspector import EXPOSED_HEADERS, Inspector
@@ -70,9 +72,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             log.info("API key required: X-API-Key on every route but /health/live, the explorer page and the docs")
         await registry.start()
+        freezer = None
+        if settings.gc_freeze_after_load:
+            freezer = asyncio.get_running_loop().create_task(freeze_when_loaded(registry), name="heap-freezer")
         try:
             yield
         finally:
+            if freezer is not None:
+                freezer.cancel()
             await registry.stop()  # serves what is queued, then stops the batchers
             inference_executor.shutdown(wait=False, cancel_futures=True)
             decode_executor.shutdown(wait=False, cancel_futures=True)

@@ -297,3 +297,13 @@ def test_the_docs_load_from_the_service_itself_with_a_key_set(keyed_server):
         # what Swagger's "Try it out" sends once authorised
         assert client.get("/models", headers={"X-API-Key": KEY}).status_code == 200
         assert client.get("/docs/assets/other.js").status_code == 401  # only the shipped files are public
+
+
+# ---------------------------------------------------------------------------------- the heap
+
+
+def test_the_heap_is_frozen_once_the_models_are_loaded(open_server):
+    deadline = time.monotonic() + 10
+    while "heap frozen after loading" not in open_server.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, open_server.log_tail()
+        time.sleep(0.2)
