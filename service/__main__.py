@@ -1,8 +1,9 @@
 """`python -m service --host HOST --port PORT`: serve the model store with uvicorn.
 
 Every other setting comes from the environment (`MODEL_DIR`, `API_KEY`, `MAX_BATCH_SIZE`, ...;
-see `service.config`). SIGINT/SIGTERM stop gracefully: no new connections, in-flight requests
-and queued batches finish (up to GRACEFUL_SHUTDOWN_SECONDS), then the lifespan unloads.
+see `service.config`), the HTTP limits included (`service.server`). SIGINT/SIGTERM stop
+gracefully: no new connections, in-flight requests and queued batches finish (up to
+GRACEFUL_SHUTDOWN_SECONDS), then the lifespan unloads.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import uvicorn
 
 from service.config import Settings
+from service.server import uvicorn_options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,13 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level.lower(),
-        "access_log": settings.access_log,
-        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
-    }
+    options = uvicorn_options(settings)
     # uvicorn handles SIGINT/SIGTERM itself (stop accepting, drain, run the lifespan's shutdown)
     # and afterwards re-raises the signal against the handler that was installed before it.
     # SIGTERM is how containers are asked to stop, so a clean drain should exit 0, not -15.

@@ -17,7 +17,8 @@ MiB = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+    # env_ignore_empty: `NAME=` (as docker-compose passes a variable left unset) means the default
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=(), env_ignore_empty=True)
 
     # where models come from
     model_dir: Path = Field(Path("models"), description="model store root: <dir>/<name>/<version>/")
@@ -72,6 +73,39 @@ class Settings(BaseSettings):
         8, ge=0, description="compiled layer-set probes kept per model version besides the all-layer one"
     )
     warm_activation_probes: bool = Field(True, description="compile and run each version's all-layer probe at load")
+
+    # HTTP limits: the server enforces them before a request reaches the app (`service.server`),
+    # except the body timeout, which the app enforces while it reads the body (`service.middleware`)
+    max_header_bytes: int = Field(
+        32 * 1024, gt=0, description="request line and headers; beyond it 431 and the connection is closed"
+    )
+    max_headers: int = Field(100, gt=0, description="header fields per request; beyond it 431")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="time a client has to send a request's line and headers; then 408 and close"
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, description="time a client has to send a whole body once its headers are in; then 408 and close"
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        1000, gt=0, description="open connections per worker; beyond it a new connection gets 503 and is closed"
+    )
+
+    gc_freeze_after_load: bool = Field(
+        True, description="move what is alive after each model load out of the garbage collector's way (gc.freeze)"
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        # `API_KEY=` or `Settings(api_key="")`: no key, not a key that is the empty string
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,24 @@ class PredictionNotFound(ServiceError):
     """A prediction id never issued, expired, evicted, or whose model version is gone."""
 
     status_code, code = 404, "prediction_not_found"
+
+
+class RequestTimeout(ServiceError):
+    """The client took longer than allowed to send its body; the connection is closed after the answer."""
+
+    status_code, code = 408, "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class ClientDisconnected(ServiceError):
+    """The client closed the connection before its request was read: nobody is left to answer.
+
+    499 is nginx's "client closed request": counted in /metrics as the client's doing, not as a 500.
+    """
+
+    status_code, code = 499, "client_closed_request"
 
 
 class UnknownLayer(ServiceError):
@@ -170,6 +189,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
         return render(error)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_disconnected(request: Request, error: ClientDisconnect) -> JSONResponse:
+        # one short line, no traceback: a client hanging up mid-upload is not our failure
+        log.info("client disconnected before its request was read: %s %s", request.method, request.url.path[:200])
+        return render(ClientDisconnected("the client closed the connection"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -3,6 +3,8 @@ lifespan loads the model store and stops it cleanly. Nothing happens at import t
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -11,9 +13,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import ROUTERS
+from service.api.docs import DOCS_PATHS, add_api_key_scheme
 from service.api.page import PAGE_PATHS
 from service.config import Settings
 from service.errors import install_error_handlers
+from service.heap import freeze_when_loaded
 from service.inference import configure_tensorflow_threads
 from service.input_cache import InputCache
 from service.inspector import EXPOSED_HEADERS, Inspector
@@ -22,8 +26,10 @@ from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMid
 from service.predictor import Predictor
 from service.registry import ModelRegistry
 
-# The explorer page's own files hold no secrets; every API call it makes sends the key.
-PUBLIC_PATHS = frozenset({"/health/live", *PAGE_PATHS})
+log = logging.getLogger(__name__)
+
+# The explorer page's own files and the docs hold no secrets; every API call they make sends the key.
+PUBLIC_PATHS = frozenset({"/health/live", *PAGE_PATHS, *DOCS_PATHS})
 
 _DESCRIPTION = """Keras image classifiers over HTTP.
 
@@ -31,7 +37,7 @@ Send images to `POST /models/{name}/predict` as multipart `file` parts, base64 J
 arrays; every prediction carries an `id`: `GET /activations/{id}` returns the activations of
 any layers for that image, `GET /activations/{id}/gradcam` a Grad-CAM heatmap. Errors always
 look like `{"error": {"code": "...", "message": "..."}}`. When the server has an API key, send it as
-`X-API-Key` (every route but `/health/live` and the explorer page's own files)."""
+`X-API-Key` (every route but `/health/live`, the explorer page's own files and these docs)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,15 +67,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             decode_executor,  # encoding activations is CPU work of the same kind as decoding images
             settings.max_activation_response_bytes,
         )
+        if settings.api_key is None:
+            log.warning("no API_KEY set: the service is open, every route answers anyone who can reach this port")
+        else:
+            log.info("API key required: X-API-Key on every route but /health/live, the explorer page and the docs")
         await registry.start()
+        freezer = None
+        if settings.gc_freeze_after_load:
+            freezer = asyncio.get_running_loop().create_task(freeze_when_loaded(registry), name="heap-freezer")
         try:
             yield
         finally:
+            if freezer is not None:
+                freezer.cancel()
             await registry.stop()  # serves what is queued, then stops the batchers
             inference_executor.shutdown(wait=False, cancel_futures=True)
             decode_executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="keras-serve", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="keras-serve",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served from the package's own assets (service.api.docs), not a CDN
+        redoc_url=None,
+    )
+    if settings.api_key is not None:
+        _openapi = app.openapi
+        app.openapi = lambda: add_api_key_scheme(_openapi())  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     for router in ROUTERS:
@@ -77,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     # Last added runs first: metrics see everything, CORS answers preflights before the key check.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
+    )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), exempt_paths=PUBLIC_PATHS)
     if settings.cors_origins:

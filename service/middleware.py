@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request metrics, API key, body size limit.
+"""Pure ASGI middleware: request metrics, API key, body size limit and body timeout.
 
 Pure ASGI rather than `BaseHTTPMiddleware`: no extra task per request, and the body limit
 can wrap `receive` so it holds for chunked bodies too, not just for an honest Content-Length.
@@ -6,12 +6,13 @@ can wrap `receive` so it holds for chunked bodies too, not just for an honest Co
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_response
+from service.errors import PayloadTooLarge, RequestTimeout, Unauthorized, render
 from service.metrics import Metrics
 
 # Metric label values must stay bounded: a client can send any method token (h11 accepts them all).
@@ -60,18 +61,21 @@ class ApiKeyMiddleware:
         if scope["type"] == "http" and scope["path"] not in self._exempt:
             given = next((value for name, value in scope["headers"] if name == b"x-api-key"), b"")
             if not secrets.compare_digest(given, self._key):
-                message = "missing X-API-Key header" if not given else "wrong API key"
-                await error_response(401, "unauthorized", message)(scope, receive, send)
+                error = Unauthorized("missing X-API-Key header" if not given else "wrong API key")
+                await render(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over `max_bytes`: from Content-Length at once, else as the bytes arrive."""
+    """Refuses bodies over `max_bytes` (from Content-Length at once, else as the bytes arrive) and
+    bodies that take over `timeout_seconds` to arrive once the headers are in (a Content-Length
+    larger than what is sent, a trickle): 408, and the connection is closed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float = 60.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,13 +84,19 @@ class BodyLimitMiddleware:
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             error = self._error()
-            await error_response(error.status_code, error.code, error.message)(scope, receive, send)
+            await render(error)(scope, receive, send)
             return
         received = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_seconds
 
         async def limited_receive() -> Message:
             nonlocal received
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                # raised inside the route that reads the body, like the size limit below
+                raise RequestTimeout(f"request body not received within {self.timeout_seconds:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:

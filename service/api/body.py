@@ -1,8 +1,9 @@
 """Prediction request bodies -> inputs and fields, shared by every route taking images.
 
 Three forms: multipart with `file` parts; JSON `{"instances": [{"b64": ...}, ...]}`; JSON
-`{"instances": [<pixel array>, ...]}`. Parsed by hand, so errors say what is wrong without
-repeating the body. The body size limit is enforced while the body is read (`middleware`).
+`{"instances": [<pixel array>, ...]}`. Multipart goes through python-multipart's streaming
+parser as the body arrives; JSON through `json`. Errors say what is wrong without repeating
+the body. The body size limit is enforced while the body is read (`middleware`).
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.errors import BadRequest, InvalidInput, TooManyImages, UnsupportedFormat
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, TooManyImages, UnsupportedFormat
 
 _FIELDS = ("model", "version", "top_k")
+# python-multipart logs a warning for each malformed body before raising; the client gets its
+# 400 and the log would get one line per bad request (a cheap flood): errors only.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 _JSON_OFFLOAD_BYTES = 256 * 1024  # parse bigger JSON bodies off the event loop
+_MAX_OTHER_PARTS = 16  # form parts allowed besides the images: the fields, and some slack
 
 
 @dataclass
@@ -69,80 +76,104 @@ async def read_images_body(request: Request, max_images: int) -> ImagesBody:
 
 
 async def _read_multipart(request: Request, max_images: int) -> ImagesBody:
-    content_type = request.headers.get("content-type", "")
-    data = await request.body()
-    inputs: list[bytes | Any] = []
-    fields: dict[str, Any] = {}
-    for name, filename, content in parse_multipart(data, content_type):
-        if name == "file":
-            if filename is None:
-                raise InvalidInput("`file` parts must be file uploads (with a filename)")
-            if len(inputs) == max_images:
-                raise TooManyImages(f"more than {max_images} images in one request")
-            inputs.append(content)
-        elif name in _FIELDS and filename is None:
-            fields[name] = content.decode("utf-8", "replace")
-    return ImagesBody(inputs, fields)
-
-
-_PARAM = re.compile(r';\s*([A-Za-z0-9_\-*]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
-
-
-def _header_params(value: str) -> tuple[str, dict[str, str]]:
-    kind = value.split(";", 1)[0].strip().lower()
-    params = {}
-    for key, raw in _PARAM.findall(value):
-        raw = raw.strip()
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-        params[key.lower()] = raw
-    return kind, params
-
-
-def parse_multipart(body: bytes, content_type: str) -> Iterator[tuple[str, str | None, bytes]]:
-    """(field name, filename or None, content) for each part of a multipart/form-data body.
-
-    The body is already in memory (bounded by the body limit), so this is a split on the
-    boundary rather than a streaming parser: a fraction of the per-request cost of one.
-
-    Raises:
-        BadRequest: no boundary, or a malformed or unterminated body.
-    """
-    _, params = _header_params(content_type)
-    boundary = params.get("boundary", "")
-    if not 1 <= len(boundary) <= 200 or not boundary.isascii():
+    boundary = parse_options_header(request.headers.get("content-type", ""))[1].get(b"boundary", b"")
+    if not 1 <= len(boundary) <= 200:
         raise BadRequest("multipart body without a valid boundary parameter")
-    delimiter = b"--" + boundary.encode("ascii")
-    position = body.find(delimiter)
-    if position < 0:
-        raise BadRequest("malformed multipart body: boundary not found")
-    position += len(delimiter)
-    separator = b"\r\n" + delimiter
-    while True:
-        if body.startswith(b"--", position):
-            return  # closing delimiter; anything after it is an epilogue
-        if not body.startswith(b"\r\n", position):
-            raise BadRequest("malformed multipart body: bad delimiter line")
-        position += 2
-        end = body.find(separator, position)
-        if end < 0:
-            raise BadRequest("malformed multipart body: unterminated part")
-        split = body.find(b"\r\n\r\n", position, end + 2)
-        if split < 0:
-            raise BadRequest("malformed multipart body: part without headers")
-        name, filename = None, None
-        for line in body[position:split].split(b"\r\n"):
-            header, _, value = line.decode("utf-8", "replace").partition(":")
-            if header.strip().lower() == "content-disposition":
-                kind, disposition = _header_params(value)
-                if kind != "form-data":
-                    raise BadRequest("malformed multipart body: parts must be form-data")
-                name = disposition.get("name")
-                filename = disposition.get("filename", disposition.get("filename*"))
-        if name is None:
+    form = _Form(max_images)
+    parser = MultipartParser(boundary, form.callbacks(), max_header_count=16, max_header_size=8 * 1024)
+    try:
+        async for chunk in request.stream():  # parsed as it arrives: no second copy of the body
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as error:
+        raise BadRequest(f"malformed multipart body: {str(error)[:100]}") from None
+    if not form.ended:
+        raise BadRequest("malformed multipart body: no closing boundary (truncated?)")
+    return ImagesBody(form.inputs, form.fields)
+
+
+class _Form:
+    """Callbacks for python-multipart's streaming parser: keeps `file` parts and the known fields.
+
+    Parts with other names are parsed and dropped. Raises the domain errors itself, from inside
+    `parser.write`, so a bad form stops as soon as it is known to be bad.
+    """
+
+    def __init__(self, max_images: int) -> None:
+        self.max_images = max_images
+        self.max_parts = max_images + _MAX_OTHER_PARTS
+        self.inputs: list[bytes | Any] = []
+        self.fields: dict[str, Any] = {}
+        self.ended = False
+        self._parts = 0
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._disposition: bytes | None = None
+        self._chunks: list[bytes] | None = None  # None: this part is dropped
+        self._name = ""
+        self._filename: str | None = None
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._header_name.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self.max_parts:
+            raise PayloadTooLarge(f"more than {self.max_parts} parts in one form")
+        self._disposition = None
+        self._chunks = None
+
+    def _header_end(self) -> None:
+        if bytes(self._header_name).strip().lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        if self._disposition is None:
             raise BadRequest("malformed multipart body: part without a Content-Disposition name")
-        yield name, filename, body[split + 4 : end]
-        position = end + len(separator)
+        kind, params = parse_options_header(self._disposition.decode("latin-1"))
+        if kind != b"form-data":
+            raise BadRequest("malformed multipart body: parts must be form-data")
+        if b"name" not in params:
+            raise BadRequest("malformed multipart body: part without a Content-Disposition name")
+        self._name = params[b"name"].decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        self._filename = None if filename is None else filename.decode("utf-8", "replace")
+        if self._name == "file":
+            if self._filename is None:
+                raise InvalidInput("`file` parts must be file uploads (with a filename)")
+            if len(self.inputs) == self.max_images:
+                raise TooManyImages(f"more than {self.max_images} images in one request")
+            self._chunks = []
+        elif self._name in _FIELDS and self._filename is None:
+            self._chunks = []
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._chunks is not None:
+            self._chunks.append(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._chunks is None:
+            return
+        content = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        if self._name == "file":
+            self.inputs.append(content)
+        else:
+            self.fields[self._name] = content.decode("utf-8", "replace")
+        self._chunks = None
+
+    def _end(self) -> None:
+        self.ended = True
 
 
 async def _read_json(request: Request, max_images: int) -> ImagesBody:

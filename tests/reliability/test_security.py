@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service.api.docs import DOCS_PATHS
 from service.api.page import PAGE_PATHS
 from service.inference import Classifier
 from service.main import create_app
@@ -25,8 +26,9 @@ from tests.service.conftest import GREY_SPEC, grey_image, settings_for, wait_unt
 
 KEY = "k3y-for-tests"
 # Open without the key: live health (probes), and the explorer page's own static files, which
-# hold no data and must load before the page can ask for the key (service/api/page.py).
-OPEN_PATHS = frozenset({"/health/live"}) | PAGE_PATHS
+# hold no data and must load before the page can ask for the key (service/api/page.py), and the
+# API docs with their schema (service/api/docs.py).
+OPEN_PATHS = frozenset({"/health/live"}) | PAGE_PATHS | DOCS_PATHS
 
 
 def served_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
