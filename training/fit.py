@@ -225,13 +225,11 @@ def _reference_result(folder: Path) -> ReferenceResult:
 
 def load_version(folder: Path) -> tuple[keras.Model, ModelCard]:
     """Load a written version (safe mode on) after checking its sha256 against the card."""
-    from modelcard import file_sha256
+    from modelcard import load_verified_model
 
     folder = Path(folder)
     card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
-    if file_sha256(folder / MODEL_FILE) != card.sha256:
-        raise ValueError(f"{folder / MODEL_FILE}: sha256 does not match its card")
-    return keras.saving.load_model(folder / MODEL_FILE, safe_mode=True, compile=False), card
+    return load_verified_model(folder / MODEL_FILE, card.sha256), card
 
 
 def evaluate(folder: Path, dataset: Dataset, log=print) -> ValidationMetrics:
