@@ -53,6 +53,8 @@ def export_model(model: keras.Model, folder: Path, fmt: ExportFormat) -> Export:
         raise RuntimeError(missing)
     folder = Path(folder)
     target = folder / EXPORT_FILES[fmt][0]
+    # the exporter traces a model that has been called; a freshly loaded one has not
+    model(np.zeros((1, *model.inputs[0].shape[1:]), np.float32), training=False)
     # the exporters print progress (tf2onnx through stdout); a server's log should not get it
     with contextlib.redirect_stdout(io.StringIO()):
         model.export(str(target), format=fmt, verbose=False)

@@ -28,6 +28,8 @@ from training.datasets import Dataset, Split, stratified_split
 from training.store import write_version
 from training.tasks import Task
 
+PARITY_IMAGES = 8  # real validation inputs stored with a version for the service's runtime parity gate
+
 
 @dataclass
 class Options:
@@ -184,7 +186,14 @@ def train(
 
         card.extra_evaluations["rendered_digits_accuracy"] = rendered_digits_accuracy(model)
         log(f"accuracy on digits rendered from fonts: {card.extra_evaluations['rendered_digits_accuracy']:.4f}")
-    path = write_version(out, _without_training_state(model), card)
+    picked = np.random.default_rng(options.seed).permutation(len(val_split))[:PARITY_IMAGES]
+    path = write_version(
+        out,
+        _without_training_state(model),
+        card,
+        parity_inputs=val_split.x[np.sort(picked)],
+        parity_source=f"{len(picked)} validation images picked with seed {options.seed}",
+    )
     log(f"wrote {path}")
     return path, ModelCard.model_validate_json((path / CARD_FILE).read_text())
 
