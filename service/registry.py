@@ -220,7 +220,6 @@ class ModelRegistry:
         classifier = Classifier(
             model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
         )
-        classifier.warm()
         runtime = choose_runtime(
             model, card, entry.path, self.settings, classifier, lambda error: self._describe_failure(entry, error)
         )

@@ -245,7 +245,7 @@ def choose_runtime(
         model: the loaded Keras model (exported when the store holds no exports).
         card, folder: the version's card and folder.
         settings: runtime, precision, tolerance, cache folder, threads, batching.
-        tensorflow: the reference runtime, already warmed.
+        tensorflow: the reference runtime (warmed here if it is the one chosen).
         describe: turns an exception into the reason shown to clients.
     """
     requested = settings.inference_runtime
@@ -286,6 +286,7 @@ def choose_runtime(
     for candidate in timed:
         if candidate is not best:
             candidate.instance = None  # frees the compiled model
+    best.instance.warm()
     return RuntimeChoice(
         runtime=best.instance or tensorflow,
         requested=requested,
@@ -313,8 +314,7 @@ def _try(
         fmt = FORMAT_OF[name]
         artifacts, candidate.artifact = _artifact_folder(fmt, model, card, folder, settings.runtime_cache_dir)
         runtime = _build(name, precision, artifacts, settings, card)
-        runtime.warm()
-        got = _predict_all(runtime, inputs)
+        got = _predict_all(runtime, inputs)  # only the chosen runtime is warmed on every bucket, later
     except ChecksumMismatch as error:
         candidate.reason = str(error)
         return
