@@ -194,7 +194,8 @@ def _artifact_folder(
     return cached, "exported at load"
 
 
-def _build(name: str, precision: str, artifacts: Path, settings: Settings, card: ModelCard) -> BatchRuntime:
+def build_runtime(name: str, precision: str, artifacts: Path, settings: Settings, card: ModelCard) -> BatchRuntime:
+    """`name` ("openvino" or "onnxruntime") compiled from the exported files in `artifacts`, not warmed."""
     common = {
         "spec": card.input,
         "num_classes": card.num_classes,
@@ -313,7 +314,7 @@ def _try(
     try:
         fmt = FORMAT_OF[name]
         artifacts, candidate.artifact = _artifact_folder(fmt, model, card, folder, settings.runtime_cache_dir)
-        runtime = _build(name, precision, artifacts, settings, card)
+        runtime = build_runtime(name, precision, artifacts, settings, card)
         got = _predict_all(runtime, inputs)  # only the chosen runtime is warmed on every bucket, later
     except ChecksumMismatch as error:
         candidate.reason = str(error)
