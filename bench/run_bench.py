@@ -187,14 +187,14 @@ import json, os, sys, time
 sys.path.insert(0, {str(REPO)!r})
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
-from modelcard import CARD_FILE, MODEL_FILE, ModelCard, list_versions
+from modelcard import CARD_FILE, MODEL_FILE, ModelCard, list_versions, load_verified_model
 from service.config import Settings
-from service.inference import Classifier, configure_tensorflow_threads, load_keras_model
+from service.inference import Classifier, configure_tensorflow_threads
 settings = Settings()
 configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
 folder = os.path.join({str(model_dir)!r}, {name!r}, str(max(list_versions({str(model_dir)!r}, {name!r}))))
 card = ModelCard.model_validate_json(open(os.path.join(folder, CARD_FILE)).read())
-model = load_keras_model(os.path.join(folder, MODEL_FILE))
+model = load_verified_model(os.path.join(folder, MODEL_FILE), card.sha256)
 classifier = Classifier(model, card.input, card.num_classes, settings.max_batch_size, settings.pad_batches)
 classifier.warm()
 rng = np.random.default_rng(0)

@@ -4,28 +4,40 @@ so the service imports it without pulling in training code."""
 
 from modelcard.card import (
     DataProvenance,
+    Export,
+    ExportFormat,
     InputSpec,
     ModelCard,
     ParameterCount,
+    ParityInputs,
     ReferenceResult,
     TrainingRun,
     ValidationMetrics,
 )
-from modelcard.layout import CARD_FILE, MODEL_FILE, file_sha256, list_versions, version_dir
+from modelcard.layout import CARD_FILE, EXPORT_FILES, MODEL_FILE, PARITY_FILE, file_sha256, list_versions, version_dir
+from modelcard.loading import ChecksumMismatch, load_verified_model, verify_sha256
 from modelcard.preprocess import image_to_array
 
 __all__ = [
     "CARD_FILE",
+    "EXPORT_FILES",
+    "PARITY_FILE",
+    "ChecksumMismatch",
     "MODEL_FILE",
     "DataProvenance",
+    "Export",
+    "ExportFormat",
     "InputSpec",
     "ModelCard",
     "ParameterCount",
+    "ParityInputs",
     "ReferenceResult",
     "TrainingRun",
     "ValidationMetrics",
     "file_sha256",
     "image_to_array",
+    "load_verified_model",
     "list_versions",
+    "verify_sha256",
     "version_dir",
 ]

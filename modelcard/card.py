@@ -87,6 +87,26 @@ class ReferenceResult(BaseModel):
     command: str
 
 
+ExportFormat = Literal["onnx", "openvino"]
+
+
+class Export(BaseModel):
+    """The model exported for another runtime by Keras' own exporter, next to model.keras."""
+
+    files: dict[str, str] = Field(description="file name in the version folder -> its sha256")
+    exporter: str = Field(description="what wrote it, with versions")
+
+
+class ParityInputs(BaseModel):
+    """Real inputs (raw pixels, uint8 `.npy` of shape (n, height, width, channels)) every other
+    runtime must reproduce the Keras model's probabilities on, besides seeded noise."""
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    count: int = Field(ge=1)
+    source: str = Field(description="where the images come from")
+
+
 class ModelCard(BaseModel):
     """Everything the service needs to load, check and describe one model version."""
 
@@ -110,6 +130,10 @@ class ModelCard(BaseModel):
     notes: str = Field("", description="why this architecture, how it compares to the reference")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of model.keras")
     created_at: datetime
+    exports: dict[ExportFormat, Export] = Field(
+        default_factory=dict, description="model.keras exported for ONNX Runtime / OpenVINO (optional)"
+    )
+    parity_inputs: ParityInputs | None = Field(None, description="real inputs for the runtime parity gate")
 
     @property
     def num_classes(self) -> int:

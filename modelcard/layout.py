@@ -11,6 +11,9 @@ from pathlib import Path
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model.json"
+# optional, recorded in the card: the model exported for other runtimes, and the parity gate's real inputs
+EXPORT_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
+PARITY_FILE = "parity_inputs.npy"
 
 
 def version_dir(root: Path, name: str, version: int) -> Path:

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from modelcard import CARD_FILE, MODEL_FILE, ModelCard, list_versions
-from service.inference import Classifier, load_keras_model
+from modelcard import CARD_FILE, MODEL_FILE, ModelCard, list_versions, load_verified_model
+from service.inference import Classifier
 
 TASK_ORDER = ["digits", "fruits", "signs", "catsdogs"]
 
 
 def single_image_latency_ms(folder: Path, card: ModelCard, runs: int = 300) -> float:
-    classifier = Classifier(load_keras_model(folder / MODEL_FILE), card.input, len(card.class_names), 32)
+    classifier = Classifier(
+        load_verified_model(folder / MODEL_FILE, card.sha256), card.input, len(card.class_names), 32
+    )
     classifier.warm()
     image = np.random.default_rng(0).integers(0, 256, (1, *card.input.shape)).astype(np.float32)
     timings = []

@@ -7,8 +7,9 @@ environment (and a `.env` file if present). Names are case-insensitive, no prefi
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -73,6 +74,21 @@ class Settings(BaseSettings):
         8, ge=0, description="compiled layer-set probes kept per model version besides the all-layer one"
     )
     warm_activation_probes: bool = Field(True, description="compile and run each version's all-layer probe at load")
+
+    # inference runtime (service/runtimes.py)
+    inference_runtime: Literal["auto", "openvino", "onnxruntime", "tensorflow"] = Field(
+        "auto", description="auto: the fastest runtime that passes the parity gate; or force one"
+    )
+    inference_precision: Literal["f32", "bf16"] = Field(
+        "f32", description="bf16: OpenVINO in bf16 where the CPU has it, if the gate agrees within 1e-2"
+    )
+    parity_tolerance: float = Field(1e-4, gt=0, description="largest |probability difference| the gate accepts")
+    runtime_cache_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "keras-serve-cache",
+        description="where versions without exported files are exported at load (never the store)",
+    )
+    openvino_performance_hint: Literal["latency", "throughput"] = Field("latency", description="OpenVINO CPU hint")
+    runtime_timing_repeats: int = Field(3, gt=0, description="interleaved timed calls per runtime and batch size")
 
     # HTTP limits: the server enforces them before a request reaches the app (`service.server`),
     # except the body timeout, which the app enforces while it reads the body (`service.middleware`)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -57,11 +56,6 @@ def configure_tensorflow_threads(intra_op: int, inter_op: int) -> bool:
         return True
 
 
-def load_keras_model(path: Path) -> keras.Model:
-    """Load a `.keras` file in safe mode (no arbitrary code from lambdas), without optimizer state."""
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
-
-
 @dataclass(frozen=True)
 class LayerInfo:
     name: str
@@ -92,45 +86,38 @@ def batch_buckets(max_batch_size: int) -> list[int]:
     return sizes
 
 
-class Classifier:
-    """One model version ready to be called on batches of raw pixels (float32, 0..255).
+class BatchRuntime:
+    """A model behind one call: a batch of raw pixels (float32, 0..255) in, probabilities out.
+
+    The shared part of every runtime: batch-size checks and padding each batch up to a bucket
+    size warmed at load, so the kernels a runtime picks per shape are all chosen before the
+    first live request. Subclasses implement `_run` on a padded float32 batch.
 
     Args:
-        model: a Keras model taking `(batch, *spec.shape)` float32 and returning probabilities.
         spec: the model's input spec, from its card.
         num_classes: expected width of the output.
         max_batch_size: largest batch `__call__` accepts.
-        pad_batches: pad each batch up to a warmed bucket size, so the kernels oneDNN picks per
-            shape are all chosen at load time rather than on a live request.
+        pad_batches: pad each batch up to a bucket size (`batch_buckets`).
     """
 
-    def __init__(
-        self, model: keras.Model, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = True
-    ) -> None:
-        self.model = model
+    name = "base"
+    precision = "f32"
+
+    def __init__(self, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = True) -> None:
         self.spec = spec
         self.num_classes = num_classes
         self.max_batch_size = max_batch_size
         self.buckets = batch_buckets(max_batch_size) if pad_batches else []
-        self._check_shapes()
-        signature = tf.TensorSpec((None, *spec.shape), tf.float32, name="image")
-        serve = tf.function(lambda x: model(x, training=False), input_signature=[signature], autograph=False)
-        self._function = serve.get_concrete_function()
         self.calls = 0  # model calls made; tests use it to see batching happen
 
-    def _check_shapes(self) -> None:
-        inputs = self.model.inputs
-        if len(inputs) != 1 or tuple(inputs[0].shape[1:]) != self.spec.shape:
-            got = [tuple(t.shape) for t in inputs]
-            raise ValueError(f"model input {got} does not match the card's input shape {self.spec.shape}")
-        outputs = self.model.outputs
-        if len(outputs) != 1 or tuple(outputs[0].shape[1:]) != (self.num_classes,):
-            got = [tuple(t.shape) for t in outputs]
-            raise ValueError(f"model output {got} does not match the card's {self.num_classes} classes")
+    @property
+    def warm_sizes(self) -> list[int]:
+        """The batch sizes this runtime is called with after padding (all of them when unpadded: 1 and max)."""
+        return self.buckets or sorted({1, self.max_batch_size})
 
     def warm(self) -> None:
         """Run every bucket size once (or sizes 1 and max without buckets)."""
-        for size in self.buckets or sorted({1, self.max_batch_size}):
+        for size in self.warm_sizes:
             self._run(np.zeros((size, *self.spec.shape), np.float32))
         self.calls = 0
 
@@ -154,6 +141,40 @@ class Classifier:
             padded[:n] = batch
         self.calls += 1
         return self._run(padded)[:n]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Classifier(BatchRuntime):
+    """The compiled TensorFlow call of a Keras model: the reference every other runtime is checked against.
+
+    Args:
+        model: a Keras model taking `(batch, *spec.shape)` float32 and returning probabilities.
+        spec, num_classes, max_batch_size, pad_batches: as for `BatchRuntime`.
+    """
+
+    name = "tensorflow"
+
+    def __init__(
+        self, model: keras.Model, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = True
+    ) -> None:
+        super().__init__(spec, num_classes, max_batch_size, pad_batches)
+        self.model = model
+        self._check_shapes()
+        signature = tf.TensorSpec((None, *spec.shape), tf.float32, name="image")
+        serve = tf.function(lambda x: model(x, training=False), input_signature=[signature], autograph=False)
+        self._function = serve.get_concrete_function()
+
+    def _check_shapes(self) -> None:
+        inputs = self.model.inputs
+        if len(inputs) != 1 or tuple(inputs[0].shape[1:]) != self.spec.shape:
+            got = [tuple(t.shape) for t in inputs]
+            raise ValueError(f"model input {got} does not match the card's input shape {self.spec.shape}")
+        outputs = self.model.outputs
+        if len(outputs) != 1 or tuple(outputs[0].shape[1:]) != (self.num_classes,):
+            got = [tuple(t.shape) for t in outputs]
+            raise ValueError(f"model output {got} does not match the card's {self.num_classes} classes")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._function(tf.constant(batch)).numpy()

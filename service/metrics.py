@@ -59,6 +59,13 @@ class Metrics:
         self.model_state = Gauge(
             "model_state", "1 for the state each model version is in", ["model", "version", "state"], registry=r
         )
+        self.model_runtime = Gauge(
+            "model_runtime",
+            "1 for the runtime (and precision) serving each loaded model version",
+            ["model", "version", "runtime", "precision"],
+            registry=r,
+        )
+        self._runtime_labels: dict[tuple[str, int], tuple[str, str]] = {}
         self.input_cache_bytes = Gauge("input_cache_bytes", "bytes held by the recent-inputs cache", registry=r)
 
         self._request_children: dict[tuple[str, str, str], tuple] = {}
@@ -91,8 +98,16 @@ class Metrics:
         for name in MODEL_STATES:
             self.model_state.labels(model, str(version), name).set(1.0 if name == state else 0.0)
 
+    def set_model_runtime(self, model: str, version: int, runtime: str, precision: str) -> None:
+        if (old := self._runtime_labels.pop((model, version), None)) is not None:
+            _remove(self.model_runtime, model, str(version), *old)
+        self._runtime_labels[(model, version)] = (runtime, precision)
+        self.model_runtime.labels(model, str(version), runtime, precision).set(1.0)
+
     def forget_model_version(self, model: str, version: int) -> None:
         self._prediction_children.pop((model, version), None)
+        if (old := self._runtime_labels.pop((model, version), None)) is not None:
+            _remove(self.model_runtime, model, str(version), *old)
         labels = (model, str(version))
         for name in MODEL_STATES:
             _remove(self.model_state, *labels, name)

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
+from modelcard import CARD_FILE, MODEL_FILE, ChecksumMismatch, ModelCard, list_versions, load_verified_model
 from service.activations import ActivationProbe
 from service.batching import Batcher
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
-from service.inference import Classifier, LayerInfo, describe_layers, load_keras_model
+from service.inference import BatchRuntime, Classifier, LayerInfo, describe_layers
 from service.metrics import Metrics
+from service.runtimes import RuntimeChoice, choose_runtime
 
 if TYPE_CHECKING:
     import keras
@@ -49,7 +50,8 @@ class ModelVersion:
     state: str = LOADING
     reason: str | None = None
     card: ModelCard | None = None
-    classifier: Classifier | None = None
+    classifier: BatchRuntime | None = None  # the runtime serving predictions (see `runtime`)
+    runtime: RuntimeChoice | None = None
     probe: ActivationProbe | None = None
     layers: list[LayerInfo] = field(default_factory=list)
     batcher: Batcher | None = None
@@ -64,7 +66,8 @@ class ModelVersion:
 @dataclass(frozen=True)
 class _Loaded:
     card: ModelCard
-    classifier: Classifier
+    classifier: BatchRuntime
+    runtime: RuntimeChoice
     probe: ActivationProbe | None
     layers: list[LayerInfo]
     seconds: float
@@ -108,11 +111,6 @@ class ModelRegistry:
         self._load_executor.shutdown(wait=False, cancel_futures=True)
         batchers = [v.batcher for versions in self._models.values() for v in versions.values() if v.batcher]
         await asyncio.gather(*(b.close() for b in batchers), return_exceptions=True)
-
-    async def wait_until_settled(self) -> None:
-        """Wait for every pending load to end (loaded or failed)."""
-        while self._loads:
-            await asyncio.gather(*list(self._loads.values()), return_exceptions=True)
 
     async def _poll(self) -> None:
         while True:
@@ -191,11 +189,20 @@ class ModelRegistry:
         batcher.start()
         # One synchronous step on the event loop: the version appears fully loaded or not at all.
         entry.card, entry.classifier, entry.layers = loaded.card, loaded.classifier, loaded.layers
+        entry.runtime = loaded.runtime
         entry.probe = loaded.probe
         entry.batcher, entry.load_seconds = batcher, loaded.seconds
         entry.state = READY
         self.metrics.set_model_state(entry.name, entry.version, READY)
-        log.info("%s version %d ready in %.2fs", entry.name, entry.version, loaded.seconds)
+        self.metrics.set_model_runtime(entry.name, entry.version, loaded.classifier.name, loaded.runtime.precision)
+        log.info(
+            "%s version %d ready in %.2fs on %s (%s)",
+            entry.name,
+            entry.version,
+            loaded.seconds,
+            loaded.classifier.name,
+            loaded.runtime.decided_by,
+        )
 
     def _load_blocking(self, entry: ModelVersion) -> _Loaded:
         started = time.perf_counter()
@@ -206,16 +213,18 @@ class ModelRegistry:
         if card.name != entry.name or card.version != entry.version:
             raise _LoadError(f"card says {card.name!r} version {card.version}, found in {entry.name}/{entry.version}")
         entry.card = card  # visible to /models even if the rest fails
-        digest = file_sha256(entry.path / MODEL_FILE)
-        if digest != card.sha256:
-            raise _LoadError(f"sha256 mismatch: {MODEL_FILE} is {digest[:12]}..., the card says {card.sha256[:12]}...")
-        model = load_keras_model(entry.path / MODEL_FILE)
+        try:
+            model = load_verified_model(entry.path / MODEL_FILE, card.sha256)
+        except ChecksumMismatch as error:
+            raise _LoadError(str(error)) from None
         classifier = Classifier(
             model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
         )
-        classifier.warm()
+        runtime = choose_runtime(
+            model, card, entry.path, self.settings, classifier, lambda error: self._describe_failure(entry, error)
+        )
         probe = self._build_probe(entry, model, card)
-        return _Loaded(card, classifier, probe, describe_layers(model), time.perf_counter() - started)
+        return _Loaded(card, runtime.runtime, runtime, probe, describe_layers(model), time.perf_counter() - started)
 
     def _build_probe(self, entry: ModelVersion, model: keras.Model, card: ModelCard) -> ActivationProbe | None:
         # A model that predicts but cannot be probed still serves predictions.

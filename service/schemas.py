@@ -87,6 +87,25 @@ class Layer(BaseModel):
     parameters: int = Field(examples=[320])
 
 
+class RuntimeCandidate(BaseModel):
+    runtime: str = Field(examples=["openvino"])
+    precision: str = Field(examples=["f32"])
+    state: Literal["in use", "accepted", "refused"]
+    reason: str | None = Field(description="why refused, or the gate's verdict")
+    artifact: str | None = Field(None, description="where its files came from: store, cache, exported at load")
+    max_abs_diff: float | None = Field(None, description="largest probability difference from Keras on the gate")
+    gate_inputs: int | None = None
+    timings_ms: dict[int, float] = Field(default_factory=dict, description="batch size -> median ms per call")
+
+
+class RuntimeInfo(BaseModel):
+    in_use: str = Field(description="the runtime answering /predict for this version", examples=["openvino"])
+    precision: str = Field(examples=["f32"])
+    requested: str = Field(description="INFERENCE_RUNTIME", examples=["auto"])
+    decided_by: str
+    candidates: list[RuntimeCandidate]
+
+
 class ModelDetail(BaseModel):
     name: str
     version: int = Field(description="the version described (the default unless `version` was asked for)")
@@ -94,6 +113,7 @@ class ModelDetail(BaseModel):
     versions: list[VersionStatus]
     card: ModelCard
     layers: list[Layer] = Field(description="in model order; names usable with the activations API")
+    runtime: RuntimeInfo | None = Field(None, description="the runtime serving predictions and how it was chosen")
 
 
 class EncodedArray(BaseModel):

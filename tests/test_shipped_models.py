@@ -4,13 +4,15 @@ model's validation split) with the expected labels. The one test that needs the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
+from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions, load_verified_model
 from service.config import Settings
 from service.main import create_app
 
@@ -62,3 +64,68 @@ def test_sample_images_get_their_labels(client, task):
     predictions = response.json()["predictions"]
     expected = [p.name.split("__")[0] for p in samples]
     assert [p["label"] for p in predictions] == expected
+
+
+# ---------------------------------------------------------------- runtimes (service/runtimes.py)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("task", TASKS)
+def test_each_runtime_reproduces_keras_on_the_shipped_exports(task, runtime):
+    from service.inference import Classifier
+    from service.runtimes import build_runtime, gate_inputs
+
+    folder = _latest(task)
+    card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
+    assert set(card.exports) == {"onnx", "openvino"}, "run: python -m training export " + str(folder)
+    for record in card.exports.values():
+        for filename, digest in record.files.items():
+            assert file_sha256(folder / filename) == digest
+    settings = Settings(model_dir=MODELS, max_batch_size=16, _env_file=None)
+    keras_call = Classifier(load_verified_model(folder / MODEL_FILE, card.sha256), card.input, card.num_classes, 16)
+    inputs, described = gate_inputs(card, folder)
+    assert card.parity_inputs is not None and f"{card.parity_inputs.count} real images" in described
+    expected = keras_call(inputs)
+    got = build_runtime(runtime, "f32", folder, settings, card)(inputs)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+
+
+@pytest.fixture(scope="module")
+def forced_client():
+    """One app per forced runtime, started on first use and stopped with the module."""
+    stack = contextlib.ExitStack()
+    clients: dict[str, TestClient] = {}
+
+    def get(runtime: str) -> TestClient:
+        if runtime not in clients:
+            app = create_app(Settings(model_dir=MODELS, reload_interval_seconds=0, inference_runtime=runtime))
+            client = clients[runtime] = stack.enter_context(TestClient(app))
+            deadline = time.monotonic() + 120
+            while client.get("/health/ready").status_code != 200:
+                assert time.monotonic() < deadline, client.get("/health/ready").json()
+                time.sleep(0.2)
+        return clients[runtime]
+
+    with stack:
+        yield get
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime", "tensorflow"])
+@pytest.mark.parametrize("task", TASKS)
+def test_predicted_probabilities_equal_the_last_layer_of_the_activations(forced_client, task, runtime):
+    client = forced_client(runtime)
+    described = client.get(f"/models/{task}").json()
+    assert described["runtime"]["in_use"] == runtime, described["runtime"]
+    last = described["layers"][-1]["name"]
+    samples = sorted((SAMPLES / task).iterdir())
+    files = [("file", (p.name, p.read_bytes())) for p in samples]
+    predictions = client.post(f"/models/{task}/predict", files=files).json()["predictions"]
+    classes = list(predictions[0]["probabilities"])
+    for prediction in predictions:
+        response = client.get(f"/activations/{prediction['id']}?layers={last}&encoding=list")
+        assert response.status_code == 200, response.text
+        (layer,) = response.json()["layers"]
+        activation = np.asarray(layer["data"], np.float32).reshape(-1)
+        predicted = np.array([prediction["probabilities"][c] for c in classes], np.float32)
+        assert np.abs(predicted - activation).max() <= 1e-4

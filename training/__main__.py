@@ -37,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, required=True, help="a version folder, e.g. models/digits/1")
     evaluate.add_argument("--data", type=Path, required=True)
 
+    export = sub.add_parser("export", help="add ONNX / OpenVINO exports and parity inputs to an existing version")
+    export.add_argument("version", type=Path, help="a version folder, e.g. models/digits/1")
+    export.add_argument("--format", action="append", choices=["onnx", "openvino"], help="default: both")
+    export.add_argument(
+        "--samples", type=Path, nargs="+", default=[], help="real validation images (files or folders) for the gate"
+    )
+    export.add_argument("--source", default="", help="how the samples were chosen, recorded in the card")
+
     sub.add_parser("archs", help="list the architectures with their parameter counts")
     return parser
 
@@ -59,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
                         f"{task:9s} {name:9s} {model.count_params():>11,d}  input {arch.input.shape}  "
                         f"{arch.description}"
                     )
+            return 0
+
+        if args.command == "export":
+            from training.export import export_version
+
+            if not (args.version / "model.json").is_file():
+                raise DatasetError(f"{args.version}: expected a model version folder with model.json, found none")
+            export_version(args.version, args.format or ("onnx", "openvino"), args.samples, args.source)
             return 0
 
         task = TASKS[args.task]

@@ -28,6 +28,8 @@ from training.datasets import Dataset, Split, stratified_split
 from training.store import write_version
 from training.tasks import Task
 
+PARITY_IMAGES = 8  # real validation inputs stored with a version for the service's runtime parity gate
+
 
 @dataclass
 class Options:
@@ -184,7 +186,14 @@ def train(
 
         card.extra_evaluations["rendered_digits_accuracy"] = rendered_digits_accuracy(model)
         log(f"accuracy on digits rendered from fonts: {card.extra_evaluations['rendered_digits_accuracy']:.4f}")
-    path = write_version(out, _without_training_state(model), card)
+    picked = np.random.default_rng(options.seed).permutation(len(val_split))[:PARITY_IMAGES]
+    path = write_version(
+        out,
+        _without_training_state(model),
+        card,
+        parity_inputs=val_split.x[np.sort(picked)],
+        parity_source=f"{len(picked)} validation images picked with seed {options.seed}",
+    )
     log(f"wrote {path}")
     return path, ModelCard.model_validate_json((path / CARD_FILE).read_text())
 
@@ -225,13 +234,11 @@ def _reference_result(folder: Path) -> ReferenceResult:
 
 def load_version(folder: Path) -> tuple[keras.Model, ModelCard]:
     """Load a written version (safe mode on) after checking its sha256 against the card."""
-    from modelcard import file_sha256
+    from modelcard import load_verified_model
 
     folder = Path(folder)
     card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
-    if file_sha256(folder / MODEL_FILE) != card.sha256:
-        raise ValueError(f"{folder / MODEL_FILE}: sha256 does not match its card")
-    return keras.saving.load_model(folder / MODEL_FILE, safe_mode=True, compile=False), card
+    return load_verified_model(folder / MODEL_FILE, card.sha256), card
 
 
 def evaluate(folder: Path, dataset: Dataset, log=print) -> ValidationMetrics:

@@ -12,14 +12,20 @@ import uuid
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
+from modelcard.exporting import FORMATS, export_model, exporter_available, write_parity_inputs
 
 
-def write_version(root: Path, model: keras.Model, card: ModelCard) -> Path:
+def write_version(
+    root: Path, model: keras.Model, card: ModelCard, parity_inputs: np.ndarray | None = None, parity_source: str = ""
+) -> Path:
     """Save `model` with `card` as the next version of `card.name`; returns its folder.
 
-    The card's `version` and `sha256` are filled in here.
+    The card's `version` and `sha256` are filled in here, and so are its `exports` (ONNX and
+    OpenVINO IR, for each exporter installed) and `parity_inputs` (real validation inputs the
+    service's parity gate checks other runtimes on), written in the same hidden folder.
     """
     folder = Path(root) / card.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -28,6 +34,11 @@ def write_version(root: Path, model: keras.Model, card: ModelCard) -> Path:
     try:
         model.save(tmp / MODEL_FILE)
         digest = file_sha256(tmp / MODEL_FILE)
+        exports = {fmt: export_model(model, tmp, fmt) for fmt in FORMATS if exporter_available(fmt) is None}
+        parity = None
+        if parity_inputs is not None and len(parity_inputs):
+            parity = write_parity_inputs(tmp, parity_inputs, card.input, parity_source)
+        card = card.model_copy(update={"exports": exports, "parity_inputs": parity})
         version = max(list_versions(root, card.name), default=0) + 1
         while True:
             final = card.model_copy(update={"version": version, "sha256": digest})

@@ -7,7 +7,17 @@ from fastapi import APIRouter, Query
 from service.api.deps import RegistryDep
 from service.errors import ModelNotReady
 from service.registry import FAILED, LOADING, READY, ModelVersion
-from service.schemas import ERROR_RESPONSES, Layer, ModelDetail, ModelList, ModelStatus, ModelSummary, VersionStatus
+from service.schemas import (
+    ERROR_RESPONSES,
+    Layer,
+    ModelDetail,
+    ModelList,
+    ModelStatus,
+    ModelSummary,
+    RuntimeCandidate,
+    RuntimeInfo,
+    VersionStatus,
+)
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -73,4 +83,30 @@ async def describe_model(
         versions=version_statuses(registry.versions(name)),
         card=entry.card,
         layers=layers,
+        runtime=runtime_info(entry),
+    )
+
+
+def runtime_info(entry: ModelVersion) -> RuntimeInfo | None:
+    choice = entry.runtime
+    if choice is None:
+        return None
+    return RuntimeInfo(
+        in_use=choice.runtime.name,
+        precision=choice.precision,
+        requested=choice.requested,
+        decided_by=choice.decided_by,
+        candidates=[
+            RuntimeCandidate(
+                runtime=c.runtime,
+                precision=c.precision,
+                state=c.state,
+                reason=c.reason,
+                artifact=c.artifact,
+                max_abs_diff=c.max_abs_diff,
+                gate_inputs=c.gate_inputs,
+                timings_ms=c.timings_ms,
+            )
+            for c in choice.candidates
+        ],
     )

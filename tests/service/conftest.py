@@ -185,6 +185,8 @@ def settings_for(root: Path, **overrides) -> Settings:
         "max_batch_size": 8,
         "max_batch_wait_us": 2000,
         "load_threads": 1,
+        # the runtime tests (test_runtimes.py) ask for others; exporting tiny models elsewhere only costs time
+        "inference_runtime": "tensorflow",
         "_env_file": None,
     }
     values.update(overrides)

@@ -306,13 +306,13 @@ def test_model_still_loading_is_503(models, tmp_path, monkeypatch):
     import service.registry
 
     release = threading.Event()
-    real_load = service.registry.load_keras_model
+    real_load = service.registry.load_verified_model
 
-    def slow_load(path):
+    def slow_load(path, sha256):
         release.wait(10)
-        return real_load(path)
+        return real_load(path, sha256)
 
-    monkeypatch.setattr(service.registry, "load_keras_model", slow_load)
+    monkeypatch.setattr(service.registry, "load_verified_model", slow_load)
     models.write(tmp_path, "grey", 1)
     try:
         with TestClient(create_app(settings_for(tmp_path))) as client:

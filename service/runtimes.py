@@ -1,0 +1,342 @@
+"""Which runtime serves a model version: OpenVINO, ONNX Runtime or the compiled TensorFlow call.
+
+At load, each candidate runtime gets the version's exported files (from the store, checked
+against the card's sha256, or exported into `RUNTIME_CACHE_DIR` when the store has none), is
+compiled, and must pass the parity gate: on seeded noise plus the real inputs stored with the
+version, every probability within `PARITY_TOLERANCE` (1e-4) of the Keras model's and the same
+argmax on every input (bf16: within 1e-2). A runtime that fails any step is refused for that
+version with the reason; TensorFlow, the reference, always remains. With
+`INFERENCE_RUNTIME=auto` the accepted runtimes (TensorFlow included) are then timed on the
+batch sizes the batcher sends (the smallest and largest padding buckets), interleaved, and
+the fastest serves; a named runtime serves if it passes the gate. Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from modelcard import EXPORT_FILES, ChecksumMismatch, ExportFormat, ModelCard, verify_sha256
+from modelcard.exporting import export_model
+from service.inference import BatchRuntime, Classifier
+
+if TYPE_CHECKING:
+    import keras
+
+    from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("openvino", "onnxruntime", "tensorflow")
+FORMAT_OF: dict[str, ExportFormat] = {"openvino": "openvino", "onnxruntime": "onnx"}
+BF16_TOLERANCE = 1e-2
+NOISE_IMAGES = 8
+NOISE_SEED = 20240612
+
+
+class OnnxRuntime(BatchRuntime):
+    """An ONNX model in an ONNX Runtime CPU session (thread-safe `run`)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per core, as TensorFlow's default
+        options.inter_op_num_threads = 1
+        # Spinning workers keep a core busy between calls, which the event loop on a 2-core box needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        _check_io(self._session.get_inputs()[0].shape, self._session.get_outputs()[0].shape, self)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: batch})[0]
+
+
+class OpenVinoRuntime(BatchRuntime):
+    """An OpenVINO IR compiled for the CPU; one infer request per calling thread."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int, precision: str, hint: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        import openvino as ov
+
+        self.precision = precision
+        config = {
+            # pinned: left to its default, a CPU with bf16 instructions runs in bf16 (drift up to 3e-3)
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": hint.upper(),
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self._local = threading.local()
+        _check_io(list(self._compiled.input(0).partial_shape), list(self._compiled.output(0).partial_shape), self)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        request.infer({0: batch})
+        # the output tensor is the request's own buffer, overwritten by its next call
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+
+def _check_io(input_shape: list, output_shape: list, runtime: BatchRuntime) -> None:
+    def dims(shape: list) -> tuple:
+        return tuple(int(str(d)) if str(d).lstrip("-").isdigit() else None for d in shape[1:])
+
+    if dims(input_shape) != runtime.spec.shape or dims(output_shape) != (runtime.num_classes,):
+        raise ValueError(f"exported model takes {input_shape} -> {output_shape}, the card says otherwise")
+
+
+def bf16_supported() -> bool:
+    """True when OpenVINO reports bf16 inference on this CPU."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no OpenVINO, or no such property: no bf16
+        return False
+
+
+@dataclass
+class Candidate:
+    """One runtime tried for a version, and what happened."""
+
+    runtime: str
+    precision: str = "f32"
+    state: str = "refused"  # "in use", "accepted" or "refused"
+    reason: str | None = None
+    artifact: str | None = None  # "store", "cache", "exported at load"
+    max_abs_diff: float | None = None
+    gate_inputs: int | None = None
+    timings_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms per call
+    instance: BatchRuntime | None = field(default=None, repr=False)
+
+
+@dataclass
+class RuntimeChoice:
+    """The runtime serving a version and how it was chosen."""
+
+    runtime: BatchRuntime
+    requested: str
+    precision: str
+    candidates: list[Candidate]
+    decided_by: str
+
+
+def gate_inputs(card: ModelCard, folder: Path) -> tuple[np.ndarray, str]:
+    """Seeded noise plus the version's stored real inputs (when present and intact)."""
+    rng = np.random.default_rng(NOISE_SEED)
+    noise = rng.uniform(0, 255, (NOISE_IMAGES, *card.input.shape)).astype(np.float32)
+    stored = card.parity_inputs
+    if stored is None:
+        return noise, f"{NOISE_IMAGES} seeded noise images (the version stores no real inputs)"
+    path = folder / stored.file
+    try:
+        verify_sha256(path, stored.sha256)
+        real = np.load(path, allow_pickle=False).astype(np.float32)
+        if real.shape[1:] != card.input.shape:
+            raise ValueError(f"shape {real.shape}")
+    except (OSError, ValueError) as error:
+        log.warning("%s v%d: parity inputs unusable (%s); gating on noise only", card.name, card.version, error)
+        return noise, f"{NOISE_IMAGES} seeded noise images (stored real inputs unusable: {error})"
+    return np.concatenate([noise, real]), f"{NOISE_IMAGES} seeded noise + {len(real)} real images ({stored.source})"
+
+
+def _predict_all(runtime: BatchRuntime, inputs: np.ndarray) -> np.ndarray:
+    step = runtime.max_batch_size
+    return np.concatenate([runtime(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+
+
+def _artifact_folder(
+    fmt: ExportFormat, model: keras.Model, card: ModelCard, folder: Path, cache_root: Path
+) -> tuple[Path, str]:
+    """Where `fmt`'s files are: the store (checked), the cache, or freshly exported into the cache."""
+    record = card.exports.get(fmt)
+    if record is not None:
+        for filename, digest in record.files.items():
+            verify_sha256(folder / filename, digest)
+        return folder, "store"
+    # keyed by the model file's sha256: a changed model never meets a stale export
+    cached = Path(cache_root) / card.name / str(card.version) / card.sha256[:16] / fmt
+    if all((cached / name).is_file() for name in EXPORT_FILES[fmt]):
+        return cached, "cache"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.parent / f".tmp-{fmt}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        export_model(model, tmp, fmt)
+        try:
+            os.rename(tmp, cached)
+        except OSError:  # another process exported it meanwhile
+            if not cached.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cached, "exported at load"
+
+
+def build_runtime(name: str, precision: str, artifacts: Path, settings: Settings, card: ModelCard) -> BatchRuntime:
+    """`name` ("openvino" or "onnxruntime") compiled from the exported files in `artifacts`, not warmed."""
+    common = {
+        "spec": card.input,
+        "num_classes": card.num_classes,
+        "max_batch_size": settings.max_batch_size,
+        "pad_batches": settings.pad_batches,
+    }
+    threads = settings.tf_intra_op_threads
+    if name == "onnxruntime":
+        return OnnxRuntime(artifacts / EXPORT_FILES["onnx"][0], threads, **common)
+    return OpenVinoRuntime(
+        artifacts / EXPORT_FILES["openvino"][0], threads, precision, settings.openvino_performance_hint, **common
+    )
+
+
+def _time(candidates: list[Candidate], shape: tuple[int, ...], sizes: list[int], repeats: int) -> None:
+    """Median ms per call at each size, the candidates interleaved so noise hits them alike."""
+    samples: dict[tuple[int, int], list[float]] = {}
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        batch = rng.uniform(0, 255, (size, *shape)).astype(np.float32)
+        for _ in range(repeats):
+            for index, candidate in enumerate(candidates):
+                started = time.perf_counter()
+                candidate.instance(batch)
+                samples.setdefault((index, size), []).append(time.perf_counter() - started)
+    for index, candidate in enumerate(candidates):
+        candidate.timings_ms = {size: round(statistics.median(samples[index, size]) * 1e3, 3) for size in sizes}
+        candidate.instance.calls = 0
+
+
+def _score(candidate: Candidate, reference: Candidate) -> float:
+    """Geometric mean over batch sizes of the time relative to TensorFlow (lower is faster)."""
+    ratios = [candidate.timings_ms[s] / max(reference.timings_ms[s], 1e-9) for s in reference.timings_ms]
+    return float(np.exp(np.mean(np.log(ratios))))
+
+
+def choose_runtime(
+    model: keras.Model,
+    card: ModelCard,
+    folder: Path,
+    settings: Settings,
+    tensorflow: Classifier,
+    describe: Callable[[Exception], str] = str,
+) -> RuntimeChoice:
+    """Gate the eligible runtimes against `tensorflow` (the warmed Keras call) and pick one.
+
+    Args:
+        model: the loaded Keras model (exported when the store holds no exports).
+        card, folder: the version's card and folder.
+        settings: runtime, precision, tolerance, cache folder, threads, batching.
+        tensorflow: the reference runtime (warmed here if it is the one chosen).
+        describe: turns an exception into the reason shown to clients.
+    """
+    requested = settings.inference_runtime
+    reference = Candidate("tensorflow", state="accepted", reason="the reference: the Keras model itself")
+    reference.instance = tensorflow
+    names = [r for r in ("openvino", "onnxruntime") if requested in ("auto", r)]
+    candidates: list[Candidate] = []
+    inputs, inputs_description = gate_inputs(card, folder)
+    expected = _predict_all(tensorflow, inputs)
+    for name in names:
+        precisions = ["f32"]
+        if settings.inference_precision == "bf16" and name == "openvino":
+            precisions.insert(0, "bf16")
+        for precision in precisions:
+            candidate = Candidate(name, precision)
+            candidates.append(candidate)
+            _try(candidate, model, card, folder, settings, inputs, expected, describe)
+            candidate.gate_inputs = len(inputs)
+        if settings.inference_precision == "bf16" and name == "onnxruntime":
+            candidates[-1].reason = (candidates[-1].reason or "accepted in f32") + "; bf16 is offered by OpenVINO only"
+    accepted = [c for c in candidates if c.instance is not None]
+    timed = [reference, *accepted]
+    sizes = sorted({tensorflow.warm_sizes[0], tensorflow.warm_sizes[-1]})
+    if requested == "auto" and accepted:
+        _time(timed, card.input.shape, sizes, settings.runtime_timing_repeats)
+        best = min(timed, key=lambda c: _score(c, reference))
+        decided_by = (
+            f"auto: fastest at batch sizes {sizes} (median of {settings.runtime_timing_repeats} interleaved calls each)"
+        )
+    elif requested == "auto":
+        best, decided_by = reference, "auto: no other runtime passed the gate"
+    elif requested == "tensorflow":
+        best, decided_by = reference, "INFERENCE_RUNTIME=tensorflow"
+    else:
+        best = next((c for c in accepted if c.runtime == requested), reference)
+        decided_by = f"INFERENCE_RUNTIME={requested}" + ("" if best is not reference else f": {requested} refused")
+    best.state = "in use"
+    for candidate in timed:
+        if candidate is not best:
+            candidate.instance = None  # frees the compiled model
+    best.instance.warm()
+    return RuntimeChoice(
+        runtime=best.instance or tensorflow,
+        requested=requested,
+        precision=best.precision,
+        candidates=[reference, *candidates],
+        decided_by=f"{decided_by}; gate on {inputs_description}",
+    )
+
+
+def _try(
+    candidate: Candidate,
+    model: keras.Model,
+    card: ModelCard,
+    folder: Path,
+    settings: Settings,
+    inputs: np.ndarray,
+    expected: np.ndarray,
+    describe: Callable[[Exception], str],
+) -> None:
+    name, precision = candidate.runtime, candidate.precision
+    if precision == "bf16" and not bf16_supported():
+        candidate.reason = "bf16 asked for, but this CPU has no bf16 support"
+        return
+    try:
+        fmt = FORMAT_OF[name]
+        artifacts, candidate.artifact = _artifact_folder(fmt, model, card, folder, settings.runtime_cache_dir)
+        runtime = build_runtime(name, precision, artifacts, settings, card)
+        got = _predict_all(runtime, inputs)  # only the chosen runtime is warmed on every bucket, later
+    except ChecksumMismatch as error:
+        candidate.reason = str(error)
+        return
+    except ImportError as error:
+        candidate.reason = f"not installed: {error}"
+        return
+    except Exception as error:  # a corrupt or foreign artifact refuses this runtime only
+        log.warning("%s v%d: %s refused", card.name, card.version, name, exc_info=True)
+        candidate.reason = f"could not load: {describe(error)}"
+        return
+    tolerance = BF16_TOLERANCE if precision == "bf16" else settings.parity_tolerance
+    diff = float(np.abs(got - expected).max())
+    candidate.max_abs_diff = diff
+    flips = int((got.argmax(axis=1) != expected.argmax(axis=1)).sum())
+    if flips or not diff <= tolerance:
+        candidate.reason = (
+            f"parity gate failed: max |diff| {diff:.2e} (tolerance {tolerance:.0e}), "
+            f"{flips} of {len(inputs)} argmax differ"
+        )
+        log.warning("%s v%d: %s %s refused: %s", card.name, card.version, name, precision, candidate.reason)
+        return
+    candidate.state = "accepted"
+    candidate.reason = f"parity gate passed: max |diff| {diff:.1e} <= {tolerance:.0e}, every argmax equal"
+    candidate.instance = runtime

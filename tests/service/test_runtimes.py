@@ -1,0 +1,184 @@
+"""Runtimes per model version: the parity gate, forcing a runtime, refusals, export at load.
+
+Each test builds a tiny store (tests/service/conftest.py); exports of the tiny `colors` model are
+made once per session and copied, since exporting costs seconds even for a tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from modelcard import CARD_FILE, EXPORT_FILES, ModelCard, file_sha256
+from modelcard.exporting import export_model
+from service.main import create_app
+from tests.service.conftest import build_colors_model, color_image, settings_for, wait_ready
+from training.export import export_version
+
+COLORS = [(200, 30, 30), (20, 220, 40), (10, 20, 250), (120, 110, 100)]
+
+
+@pytest.fixture(scope="session")
+def exported_colors(models, tmp_path_factory) -> Path:
+    """A `colors` version folder with both exports and parity inputs, written by `training export`."""
+    root = tmp_path_factory.mktemp("exported")
+    folder = models.write(root, "colors", 1)
+    samples = root / "samples"
+    samples.mkdir()
+    for i, rgb in enumerate(COLORS):
+        (samples / f"{i}.png").write_bytes(color_image(rgb))
+    keras_bytes = (folder / "model.keras").read_bytes()
+    export_version(folder, samples=[samples], source="four flat colours", log=lambda *_: None)
+    assert (folder / "model.keras").read_bytes() == keras_bytes  # the export never alters model.keras
+    return folder
+
+
+def store_with(tmp_path: Path, version_folder: Path) -> Path:
+    root = tmp_path / "models"
+    shutil.copytree(version_folder, root / "colors" / "1")
+    return root
+
+
+def runtime_of(client: TestClient, name: str = "colors") -> dict:
+    return client.get(f"/models/{name}").json()["runtime"]
+
+
+def candidate(info: dict, runtime: str) -> dict:
+    return next(c for c in info["candidates"] if c["runtime"] == runtime)
+
+
+def predict_all(client: TestClient) -> np.ndarray:
+    files = [("file", (f"{i}.png", color_image(rgb))) for i, rgb in enumerate(COLORS)]
+    response = client.post("/models/colors/predict", files=files)
+    assert response.status_code == 200, response.text
+    return np.array([[p["probabilities"][c] for c in ("red", "green", "blue")] for p in response.json()["predictions"]])
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def gauge(text: str, runtime: str) -> float:
+    pattern = rf'^model_runtime\{{model="colors",precision="f32",runtime="{runtime}",version="1"\}} (\S+)$'
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime", "tensorflow"])
+def test_inference_runtime_forces_each_runtime_with_the_same_answers(exported_colors, tmp_path, runtime):
+    root = store_with(tmp_path, exported_colors)
+    settings = settings_for(root, inference_runtime=runtime, runtime_cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        info = runtime_of(client)
+        assert info["in_use"] == runtime and info["requested"] == runtime
+        probabilities = predict_all(client)
+        metrics = client.get("/metrics").text
+    assert gauge(metrics, runtime) == 1.0
+    assert [gauge(metrics, other) for other in ("openvino", "onnxruntime", "tensorflow") if other != runtime] == [0, 0]
+    assert probabilities.argmax(axis=1).tolist()[:3] == [0, 1, 2]
+    if runtime != "tensorflow":
+        chosen = candidate(info, runtime)
+        assert chosen["state"] == "in use" and chosen["artifact"] == "store"
+        assert chosen["max_abs_diff"] <= 1e-4
+        assert chosen["gate_inputs"] == 8 + len(COLORS)  # seeded noise + the stored real inputs
+        assert not (tmp_path / "cache").exists()  # the store's exports were used
+    keras_model = build_colors_model()
+    pixels = np.stack([np.tile(np.array(rgb, np.float32), (8, 8, 1)) for rgb in COLORS])
+    np.testing.assert_allclose(probabilities, keras_model(pixels).numpy(), atol=1e-4)
+
+
+def test_auto_times_the_accepted_runtimes_and_shows_the_decision(exported_colors, tmp_path):
+    root = store_with(tmp_path, exported_colors)
+    with TestClient(create_app(settings_for(root, inference_runtime="auto"))) as client:
+        wait_ready(client)
+        info = runtime_of(client)
+    assert info["requested"] == "auto" and "fastest" in info["decided_by"]
+    states = {c["runtime"]: c["state"] for c in info["candidates"]}
+    assert sorted(states) == ["onnxruntime", "openvino", "tensorflow"]
+    assert list(states.values()).count("in use") == 1 and states[info["in_use"]] == "in use"
+    for c in info["candidates"]:
+        assert set(c["timings_ms"]) == {"1", "8"}, c  # the smallest and largest batch the batcher sends
+        assert all(ms > 0 for ms in c["timings_ms"].values())
+
+
+def test_a_perturbed_export_fails_the_gate_and_tensorflow_serves(models, exported_colors, tmp_path):
+    root = store_with(tmp_path, exported_colors)
+    folder = root / "colors" / "1"
+    perturbed = build_colors_model()
+    kernel, bias = perturbed.get_layer("probabilities").get_weights()
+    perturbed.get_layer("probabilities").set_weights([kernel, bias + np.array([0.05, 0, 0], np.float32)])
+    card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
+    record = export_model(perturbed, folder, "onnx")  # a real, loadable artifact that disagrees with model.keras
+    card = card.model_copy(update={"exports": {**card.exports, "onnx": record}})
+    (folder / CARD_FILE).write_text(card.model_dump_json())
+    with TestClient(create_app(settings_for(root, inference_runtime="onnxruntime"))) as client:
+        wait_ready(client)
+        info = runtime_of(client)
+        probabilities = predict_all(client)
+    assert info["in_use"] == "tensorflow"
+    refused = candidate(info, "onnxruntime")
+    assert refused["state"] == "refused" and refused["reason"].startswith("parity gate failed")
+    assert refused["max_abs_diff"] > 1e-4
+    assert probabilities.argmax(axis=1).tolist()[:3] == [0, 1, 2]
+
+
+def test_a_corrupt_or_altered_artifact_refuses_that_runtime_only(exported_colors, tmp_path):
+    root = store_with(tmp_path, exported_colors)
+    folder = root / "colors" / "1"
+    # OpenVINO: the weights file no longer matches the card's sha256
+    weights = folder / EXPORT_FILES["openvino"][1]
+    weights.write_bytes(weights.read_bytes()[:-16])
+    # ONNX Runtime: garbage recorded with its own sha256, so the checksum passes and loading fails
+    (folder / "model.onnx").write_bytes(b"not an onnx model" * 10)
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["exports"]["onnx"]["files"]["model.onnx"] = file_sha256(folder / "model.onnx")
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    with TestClient(create_app(settings_for(root, inference_runtime="auto"))) as client:
+        wait_ready(client)
+        info = runtime_of(client)
+        assert client.get("/health/ready").status_code == 200
+        probabilities = predict_all(client)
+    assert info["in_use"] == "tensorflow"
+    assert candidate(info, "openvino")["reason"].startswith("sha256 mismatch: model.bin")
+    assert candidate(info, "onnxruntime")["reason"].startswith("could not load")
+    assert str(root) not in json.dumps(info)  # reasons show no server paths
+    assert probabilities.argmax(axis=1).tolist()[:3] == [0, 1, 2]
+
+
+def test_a_store_without_exports_is_exported_into_the_cache_never_into_the_store(models, tmp_path):
+    root = tmp_path / "models"
+    models.write(root, "colors", 1)
+    before = snapshot(root)
+    cache = tmp_path / "cache"
+    # read-only (root may write anyway: the snapshot comparison is what checks it)
+    for path in [*root.rglob("*"), root]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        settings = settings_for(root, inference_runtime="auto", runtime_cache_dir=cache)
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client)
+            info = runtime_of(client)
+            probabilities = predict_all(client)
+        # a restart finds the cached exports
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client)
+            again = runtime_of(client)
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert snapshot(root) == before
+    for runtime in ("openvino", "onnxruntime"):
+        assert candidate(info, runtime)["artifact"] == "exported at load"
+        assert candidate(info, runtime)["state"] in ("accepted", "in use")
+        assert candidate(again, runtime)["artifact"] == "cache"
+    assert "seeded noise images (the version stores no real inputs)" in info["decided_by"]
+    cached = {p.name for p in cache.rglob("*") if p.is_file()}
+    assert cached == {"model.onnx", "model.xml", "model.bin"}
+    assert probabilities.argmax(axis=1).tolist()[:3] == [0, 1, 2]
