@@ -11,7 +11,7 @@ from modelcard.card import (
     TrainingRun,
     ValidationMetrics,
 )
-from modelcard.layout import CARD_FILE, MODEL_FILE, file_sha256, list_versions, version_dir
+from modelcard.layout import CARD_FILE, MODEL_FILE, file_sha256, list_versions
 from modelcard.preprocess import image_to_array
 
 __all__ = [
@@ -27,5 +27,4 @@ __all__ = [
     "file_sha256",
     "image_to_array",
     "list_versions",
-    "version_dir",
 ]

@@ -13,10 +13,6 @@ MODEL_FILE = "model.keras"
 CARD_FILE = "model.json"
 
 
-def version_dir(root: Path, name: str, version: int) -> Path:
-    return Path(root) / name / str(version)
-
-
 def list_versions(root: Path, name: str) -> list[int]:
     """Complete versions of model `name` under `root`, ascending."""
     folder = Path(root) / name

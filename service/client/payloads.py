@@ -9,6 +9,7 @@ body as either form.
 from __future__ import annotations
 
 import io
+import mimetypes
 import os
 import uuid
 from collections.abc import Sequence
@@ -36,18 +37,6 @@ class Body:
         if self.content is not None:
             return {"content": self.content, "headers": {"Content-Type": self.content_type}}
         return {"json": self.json}
-
-
-_MIME = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".webp": "image/webp",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
 
 
 def _png(image: Image.Image) -> bytes:
@@ -86,7 +75,8 @@ def _is_pixels(item: object) -> bool:
 def _file_part(item: ImageInput, position: int) -> tuple[str, bytes, str]:
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
-        return path.name, path.read_bytes(), _MIME.get(path.suffix.lower(), "application/octet-stream")
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return path.name, path.read_bytes(), content_type
     if isinstance(item, (bytes, bytearray, memoryview)):
         return f"image{position}", bytes(item), "application/octet-stream"
     if isinstance(item, Image.Image):
