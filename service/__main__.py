@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import signal
+from typing import Any
 
 import uvicorn
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = {
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
 
 from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
 from service.activations import ActivationProbe
@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOADING, READY, FAILED = "loading", "ready", "failed"
+State = Literal["loading", "ready", "failed"]
+LOADING: Final = "loading"
+READY: Final = "ready"
+FAILED: Final = "failed"
 
 
 @dataclass(eq=False)
@@ -46,7 +49,7 @@ class ModelVersion:
     name: str
     version: int
     path: Path
-    state: str = LOADING
+    state: State = LOADING
     reason: str | None = None
     card: ModelCard | None = None
     classifier: Classifier | None = None
@@ -321,7 +324,7 @@ def _first_line(error: Exception) -> str:
 
 
 def _files_signature(folder: Path) -> tuple:
-    signature = []
+    signature: list[tuple[int, int] | None] = []
     for filename in (MODEL_FILE, CARD_FILE):
         try:
             stat = os.stat(folder / filename)

@@ -88,7 +88,7 @@ def _decode_csv(record: dict[str, str]) -> Row:
 
 
 def _decode_jsonl(record: dict[str, Any]) -> Row:
-    return Row(**{name: record.get(name) for name in FIELDS})
+    return Row(path=str(record["path"]), **{name: record.get(name) for name in FIELDS[1:]})
 
 
 def _complete_prefix(path: str) -> bytes:

@@ -112,7 +112,7 @@ async def _score_files(client: AsyncClient, files: list[tuple[str, bytes]], opti
     """Rows for readable files: one request, or one per image if the service refuses the batch."""
     try:
         result = await client.predict(options.model, [data for _, data in files], options.top_k, options.version)
-    except (*IMAGE_ERRORS, ServerError) as exc:
+    except IMAGE_ERRORS + (ServerError,) as exc:
         if len(files) == 1:
             return [Row(path=files[0][0], error=_describe(exc))]
         if exc.code == "too_many_images":  # --batch-size above the service's limit: halve
