@@ -35,6 +35,7 @@ RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProt
 MAX_RETRY_AFTER = 300.0
 
 T = TypeVar("T")
+Images = ImageInput | Sequence[ImageInput]  # one image or a batch
 
 
 @dataclass(frozen=True)
@@ -230,34 +231,42 @@ class _Calls:
         )
 
 
-def _needs_thread(images: ImageInput | Sequence[ImageInput]) -> bool:
+def _needs_thread(images: Images) -> bool:
     """True when building the body reads files or encodes images: work to keep off the event loop."""
     return any(not isinstance(item, (bytes, bytearray, memoryview)) for item in as_list(images))
 
 
-class _Config:
-    """The settings both clients are built from, checked once."""
+# --------------------------------------------------------------------------- the two shells
+
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
+
+
+class _Shell(Generic[HttpT, TransportT]):
+    """What both clients share: their arguments, checked once, and the httpx client they open."""
 
     def __init__(
         self,
         base_url: str,
-        api_key: str | None,
-        timeout: float | httpx.Timeout,
-        retries: int,
-        backoff: float,
-        max_backoff: float,
-        max_connections: int,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        backoff: float = 0.25,
+        *,
+        max_backoff: float = 10.0,
+        max_connections: int = 10,
+        transport: TransportT | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
-        self.policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
+        self.retry_policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
         headers = {"User-Agent": "keras-serve-client/0.1"}
         if api_key:
             headers["X-API-Key"] = api_key
         if not isinstance(timeout, httpx.Timeout):
             timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         base_url = base_url.rstrip("/")
-        self.http_options: dict[str, Any] = {
+        options: dict[str, Any] = {
             "base_url": base_url,
             "headers": headers,
             "timeout": timeout,
@@ -265,13 +274,15 @@ class _Config:
             # CA bundle: 0.1 s of start-up for every command-line run.
             "verify": not base_url.startswith("http://"),
             "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            "transport": transport,
         }
+        self._http: HttpT = self._open(options)
+
+    def _open(self, options: dict[str, Any]) -> HttpT:
+        raise NotImplementedError
 
 
-# --------------------------------------------------------------------------- the two shells
-
-
-class Client:
+class Client(_Shell[httpx.Client, httpx.BaseTransport]):
     """A synchronous client for the prediction service.
 
     Use it as a context manager (or call `close()`) so its connections are released.
@@ -294,21 +305,8 @@ class Client:
         '7'
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        backoff: float = 0.25,
-        *,
-        max_backoff: float = 10.0,
-        max_connections: int = 10,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        config = _Config(base_url, api_key, timeout, retries, backoff, max_backoff, max_connections)
-        self.retry_policy = config.policy
-        self._http = httpx.Client(**config.http_options, transport=transport)
+    def _open(self, options: dict[str, Any]) -> httpx.Client:
+        return httpx.Client(**options)
 
     def close(self) -> None:
         """Release the client's connections."""
@@ -367,11 +365,7 @@ class Client:
         return self._run(_Calls.model(name, version))
 
     def predict(
-        self,
-        model: str,
-        images: ImageInput | Sequence[ImageInput],
-        top_k: int | None = None,
-        version: int | None = None,
+        self, model: str, images: Images, top_k: int | None = None, version: int | None = None
     ) -> PredictResult:
         """Classify one image or a batch in one request.
 
@@ -416,28 +410,15 @@ class Client:
         return self._run(_Calls.activations(id, layers, format))
 
 
-class AsyncClient:
+class AsyncClient(_Shell[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     """The asyncio twin of `Client`: the same arguments and methods, awaited.
 
     Use it as an async context manager (or await `aclose()`). `max_connections` is the
     useful concurrency; `transport` takes an httpx async transport.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        backoff: float = 0.25,
-        *,
-        max_backoff: float = 10.0,
-        max_connections: int = 10,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        config = _Config(base_url, api_key, timeout, retries, backoff, max_backoff, max_connections)
-        self.retry_policy = config.policy
-        self._http = httpx.AsyncClient(**config.http_options, transport=transport)
+    def _open(self, options: dict[str, Any]) -> httpx.AsyncClient:
+        return httpx.AsyncClient(**options)
 
     async def aclose(self) -> None:
         """Release the client's connections."""
@@ -476,11 +457,7 @@ class AsyncClient:
         return await self._run(_Calls.model(name, version))
 
     async def predict(
-        self,
-        model: str,
-        images: ImageInput | Sequence[ImageInput],
-        top_k: int | None = None,
-        version: int | None = None,
+        self, model: str, images: Images, top_k: int | None = None, version: int | None = None
     ) -> PredictResult:
         """`Client.predict`, awaited; files are read and images encoded off the event loop."""
         body = await asyncio.to_thread(build_body, images) if _needs_thread(images) else build_body(images)
