@@ -31,7 +31,6 @@ class Body:
     content: bytes | None = None
     content_type: str | None = None
     json: dict[str, Any] | None = None
-    count: int = 0
 
     def request_kwargs(self) -> dict[str, Any]:
         if self.content is not None:
@@ -112,7 +111,7 @@ def build_body(images: ImageInput | Sequence[ImageInput]) -> Body:
         for item in items:
             array = np.asarray(item, dtype=np.float32)
             instances.append(array.tolist())
-        return Body(json={"instances": instances}, count=len(items))
+        return Body(json={"instances": instances})
     if any(pixels):
         raise ValueError("float pixel arrays cannot share a request with image files; send them separately")
     return multipart([_file_part(item, i) for i, item in enumerate(items)])
@@ -135,4 +134,4 @@ def multipart(parts: Sequence[tuple[str, bytes, str]]) -> Body:
         chunks.append(data)
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
-    return Body(content=b"".join(chunks), content_type=f"multipart/form-data; boundary={boundary}", count=len(parts))
+    return Body(content=b"".join(chunks), content_type=f"multipart/form-data; boundary={boundary}")

@@ -69,9 +69,9 @@ def test_predict_accepts_paths_bytes_pil_and_arrays(server_url, tmp_path):
 def test_float_arrays_go_as_json_instances_and_do_not_mix_with_files():
     body = build_body([np.zeros((2, 2, 1), np.float32)])
     assert body.content is None and body.json == {"instances": [[[[0.0], [0.0]], [[0.0], [0.0]]]]}
-    assert build_body(np.zeros((3, 2, 2, 1), np.float64)).count == 3
+    assert len(build_body(np.zeros((3, 2, 2, 1), np.float64)).json["instances"]) == 3
     uint8 = build_body(np.zeros((3, 2, 2, 1), np.uint8))  # a batch of three 2x2 PNGs (3-D is one image)
-    assert uint8.count == 3 and uint8.content.count(b"\x89PNG") == 3
+    assert uint8.content.count(b"\x89PNG") == 3
     assert uint8.content_type.startswith("multipart/form-data; boundary=")
     with pytest.raises(ValueError, match="cannot share"):
         build_body([np.zeros((2, 2), np.float32), b"png"])
