@@ -14,7 +14,7 @@ from modelcard.card import (
     TrainingRun,
     ValidationMetrics,
 )
-from modelcard.layout import CARD_FILE, EXPORT_FILES, MODEL_FILE, PARITY_FILE, file_sha256, list_versions, version_dir
+from modelcard.layout import CARD_FILE, EXPORT_FILES, MODEL_FILE, PARITY_FILE, file_sha256, list_versions
 from modelcard.loading import ChecksumMismatch, load_verified_model, verify_sha256
 from modelcard.preprocess import image_to_array
 
@@ -39,5 +39,4 @@ __all__ = [
     "load_verified_model",
     "list_versions",
     "verify_sha256",
-    "version_dir",
 ]

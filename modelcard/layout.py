@@ -16,10 +16,6 @@ EXPORT_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 PARITY_FILE = "parity_inputs.npy"
 
 
-def version_dir(root: Path, name: str, version: int) -> Path:
-    return Path(root) / name / str(version)
-
-
 def list_versions(root: Path, name: str) -> list[int]:
     """Complete versions of model `name` under `root`, ascending."""
     folder = Path(root) / name

@@ -22,6 +22,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -100,7 +101,7 @@ class ActivationProbe:
         self._input_names: set[str] = set()
         self._index: dict[str, int] = {}  # position among the probe's outputs
         self._convolutions: list[str] = []
-        outputs = []
+        outputs: list[Any] = []
         for layer in model.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 self._input_names.add(layer.name)
@@ -162,7 +163,7 @@ class ActivationProbe:
         Raises:
             UnknownLayer, UnsuitableLayer.
         """
-        layer = self.layers.get(self.select([name])[0])
+        layer = self.layers[self.select([name])[0]]
         if not layer.spatial:
             raise UnsuitableLayer(
                 f"layer {name!r} ({layer.type}, shape {list(layer.shape)}) has no height x width x channels "

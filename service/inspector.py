@@ -124,6 +124,7 @@ class Inspector:
         """The activations of uploaded images (file bytes or pixel arrays), each given an id as by `/predict`."""
         entry = self.registry.resolve(name, version)
         self._probe(entry)
+        assert entry.card is not None  # resolve() returns ready versions only
         arrays = await self.predictor.prepare(inputs, entry.card.input)
         ids = self.predictor.remember(entry, arrays)
         batch = np.stack([np.asarray(array, np.float32) for array in arrays])
@@ -234,6 +235,7 @@ class Inspector:
         """
         cached, entry = self._lookup(prediction_id)
         probe = self._probe(entry)
+        assert entry.card is not None  # _lookup() resolves to a ready version
         classes = entry.card.class_names
         if label is not None and label not in classes:
             raise BadRequest(f"unknown class {label[:100]!r}; classes: {', '.join(classes)}")

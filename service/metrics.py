@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 MODEL_STATES = ("loading", "ready", "failed")
 
@@ -118,6 +119,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _remove(metric, *labels: str) -> None:
+def _remove(metric: MetricWrapperBase, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)

@@ -92,6 +92,7 @@ class Predictor:
         if top_k is not None and not 1 <= top_k <= self.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {self.max_top_k}")
         entry = self.registry.resolve(name, version)
+        assert entry.card is not None and entry.batcher is not None  # resolve() returns ready versions only
         arrays = await self.prepare(inputs, entry.card.input)
         probabilities = await entry.batcher.submit(arrays)
         body = self._response(entry, arrays, probabilities, top_k)
@@ -111,6 +112,7 @@ class Predictor:
     def _response(
         self, entry: ModelVersion, arrays: list[np.ndarray], probabilities: np.ndarray, top_k: int | None
     ) -> dict:
+        assert entry.card is not None  # a ready version
         labels = entry.card.class_names
         k = min(top_k or DEFAULT_TOP_K, len(labels))
         rows = readable_floats(probabilities)

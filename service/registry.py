@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
 
 from modelcard import CARD_FILE, MODEL_FILE, ChecksumMismatch, ModelCard, list_versions, load_verified_model
 from service.activations import ActivationProbe
@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOADING, READY, FAILED = "loading", "ready", "failed"
+State = Literal["loading", "ready", "failed"]
+LOADING: Final = "loading"
+READY: Final = "ready"
+FAILED: Final = "failed"
 
 
 @dataclass(eq=False)
@@ -47,7 +50,7 @@ class ModelVersion:
     name: str
     version: int
     path: Path
-    state: str = LOADING
+    state: State = LOADING
     reason: str | None = None
     card: ModelCard | None = None
     classifier: BatchRuntime | None = None  # the runtime serving predictions (see `runtime`)
@@ -330,7 +333,7 @@ def _first_line(error: Exception) -> str:
 
 
 def _files_signature(folder: Path) -> tuple:
-    signature = []
+    signature: list[tuple[int, int] | None] = []
     for filename in (MODEL_FILE, CARD_FILE):
         try:
             stat = os.stat(folder / filename)

@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -125,7 +126,8 @@ def _list_text(values: np.ndarray) -> str:
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An uncompressed `.npz`: one float32 array per key (activations compress poorly and slowly)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(array, np.float32) for name, array in arrays.items()})
+    float32: dict[str, Any] = {name: np.asarray(array, np.float32) for name, array in arrays.items()}
+    np.savez(buffer, **float32)
     return buffer.getvalue()
 
 
@@ -240,7 +242,7 @@ def kernel_tiles(kernel: np.ndarray) -> tuple[np.ndarray, int | None, int | None
 
 def kernel_grid(kernel: np.ndarray, scale: int | None = None) -> Picture:
     tiles, rows, columns = kernel_tiles(kernel)
-    grid = (rows, columns) if rows is not None else grid_shape(len(tiles))
+    grid = (rows, columns) if rows is not None and columns is not None else grid_shape(len(tiles))
     scale = scale or default_scale(tiles.shape[1:3], grid)
     return tile_grid(tiles, scale, *grid)
 

@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "archs":
-            for task, archs in ARCHITECTURES.items():
+            for task_name, archs in ARCHITECTURES.items():
                 for name, arch in archs.items():
-                    model = arch.build(arch.input, {"digits": 10, "fruits": 60, "signs": 6}.get(task, 2))
+                    model = arch.build(arch.input, {"digits": 10, "fruits": 60, "signs": 6}.get(task_name, 2))
                     print(
-                        f"{task:9s} {name:9s} {model.count_params():>11,d}  input {arch.input.shape}  "
+                        f"{task_name:9s} {name:9s} {model.count_params():>11,d}  input {arch.input.shape}  "
                         f"{arch.description}"
                     )
             return 0

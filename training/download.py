@@ -28,9 +28,10 @@ def fetch(task: Task, dest: Path, url: str | None = None, sha256: str | None = N
     Raises DatasetError when offline, on a checksum mismatch, or without a checksum.
     """
     dest = Path(dest)
-    if task.source is None and url is None:
-        raise DatasetError(_offline_help(task, dest))
-    url = url or task.source.url
+    if not url:
+        if task.source is None:
+            raise DatasetError(_offline_help(task, dest))
+        url = task.source.url
     expected = (sha256 or (task.source.sha256 if task.source else None) or "").lower()
     if not expected:
         raise DatasetError(

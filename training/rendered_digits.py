@@ -37,12 +37,12 @@ def mnist_frame(glyph: np.ndarray) -> np.ndarray:
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
-def _fonts() -> list[ImageFont.FreeTypeFont]:
+def _fonts() -> list[ImageFont.FreeTypeFont | ImageFont.ImageFont]:
     files = sorted(
         {p for d in FONT_DIRS if d.is_dir() for p in d.rglob("*.ttf")},
         key=lambda p: p.name,
     )
-    fonts = []
+    fonts: list[ImageFont.FreeTypeFont | ImageFont.ImageFont] = []
     for file in files:
         try:
             fonts.append(ImageFont.truetype(str(file), 96))

@@ -92,7 +92,9 @@ def _send(rendered: Rendered) -> Response:
     return Response(rendered.content, media_type=rendered.media_type, headers=rendered.headers)
 
 
-def _query(layers: str | None, format: str, encoding: str, layer: str | None, scale: int | None) -> ActivationsQuery:
+def _query(
+    layers: str | None, format: Format, encoding: Encoding, layer: str | None, scale: int | None
+) -> ActivationsQuery:
     names = [name.strip() for name in layers.split(",") if name.strip()] if layers else []
     return ActivationsQuery(layers=names or None, format=format, encoding=encoding, layer=layer, scale=scale)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from service.api.deps import RegistryDep
 from service.errors import ModelNotReady
-from service.registry import FAILED, LOADING, READY, ModelVersion
+from service.registry import FAILED, LOADING, READY, ModelVersion, State
 from service.schemas import (
     ERROR_RESPONSES,
     Layer,
@@ -26,7 +26,7 @@ def version_statuses(versions: list[ModelVersion]) -> list[VersionStatus]:
     return [VersionStatus(version=v.version, state=v.state, reason=v.reason) for v in versions]
 
 
-def model_state(versions: list[ModelVersion]) -> str:
+def model_state(versions: list[ModelVersion]) -> State:
     states = {v.state for v in versions}
     if states == {READY}:
         return READY
@@ -55,8 +55,8 @@ async def list_models(registry: RegistryDep) -> ModelList:
                 state=status.state,
                 default_version=status.default_version,
                 versions=status.versions,
-                class_names=shown.card.class_names if shown else [],
-                input=shown.card.input if shown else None,
+                class_names=shown.card.class_names if shown and shown.card else [],
+                input=shown.card.input if shown and shown.card else None,
             )
         )
     return ModelList(models=summaries)

@@ -1,7 +1,12 @@
 """`Client` and `AsyncClient`: the service's HTTP API as Python calls, on httpx.
 
-Both share one description of each call (`_Calls`: method, path, body, how to parse the
-answer) and differ only in how they send it and how they wait between retries.
+Everything about a call except the I/O lives in one core that sends nothing and never
+sleeps: `_Calls` describes each API call (method, path, body, how to read the answer) and
+`_Attempts` decides, after each answer or transport failure, whether the call is done,
+should be sent again after a wait (backoff, or the server's `Retry-After`), or has failed
+with a typed error. The two clients are thin shells around it: one sends with
+`httpx.Client` and waits with `time.sleep`, the other with `httpx.AsyncClient` and
+`asyncio.sleep`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +33,9 @@ RETRY_STATUSES = frozenset({429, 503})
 # Connection failures and timeouts: worth another try (a prediction changes nothing on the server).
 RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 MAX_RETRY_AFTER = 300.0
+
+T = TypeVar("T")
+Images = ImageInput | Sequence[ImageInput]  # one image or a batch
 
 
 @dataclass(frozen=True)
@@ -52,20 +60,89 @@ class RetryPolicy:
         return base * (0.5 + random.random() / 2)
 
 
-@dataclass
-class _Call:
+# --------------------------------------------------------------------------- the I/O-free core
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What to send: the shells pass it to `httpx.Client.request` / `httpx.AsyncClient.request`."""
+
     method: str
     path: str
-    parse: Callable[[httpx.Response], Any]
+    options: dict[str, Any]
+
+
+@dataclass
+class _Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
     params: dict[str, Any] = field(default_factory=dict)
     body: Body | None = None
     accept: frozenset[int] = frozenset()  # non-2xx statuses that are an answer, not an error
 
-    def request_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"params": {k: v for k, v in self.params.items() if v is not None}}
+    def request(self) -> _Request:
+        options: dict[str, Any] = {"params": {k: v for k, v in self.params.items() if v is not None}}
         if self.body is not None:
-            kwargs.update(self.body.request_kwargs())
-        return kwargs
+            options.update(self.body.request_kwargs())
+        return _Request(self.method, self.path, options)
+
+
+@dataclass(frozen=True)
+class _Done(Generic[T]):
+    """The call is over: `value` is its parsed answer."""
+
+    value: T
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """Send the request again after `seconds`."""
+
+    seconds: float
+
+
+class _Attempts(Generic[T]):
+    """One call and its retries, as decisions: what to send, and what each reply means.
+
+    Args:
+        call: the API call.
+        policy: how often and after how long to try again.
+    """
+
+    def __init__(self, call: _Call[T], policy: RetryPolicy) -> None:
+        self.call = call
+        self.policy = policy
+        self.request = call.request()  # the same request for every attempt
+        self.attempt = 0  # failed attempts so far
+
+    def after(self, reply: httpx.Response | Exception) -> _Done[T] | _Wait:
+        """What `reply` (a response, or the transport error the send raised) means for the call.
+
+        Returns:
+            `_Done` with the parsed answer, or `_Wait`: sleep, then send `request` again.
+
+        Raises:
+            ServiceError: the typed error, when the reply is not retryable or retries are spent
+                (`ServiceConnectionError` for a transport failure).
+        """
+        if isinstance(reply, Exception):
+            error: ServiceError = ServiceConnectionError(f"{type(reply).__name__}: {reply}", code="connection_error")
+            error.__cause__ = reply
+            return self._again(error)
+        if reply.is_success or reply.status_code in self.call.accept:
+            return _Done(self.call.parse(reply))
+        error = error_from_response(reply)
+        if reply.status_code not in RETRY_STATUSES:
+            raise error
+        return self._again(error)
+
+    def _again(self, error: ServiceError) -> _Wait:
+        if self.attempt >= self.policy.retries:
+            raise error
+        wait = self.policy.delay(self.attempt, error.retry_after)
+        self.attempt += 1
+        return _Wait(wait)
 
 
 def _segment(value: str) -> str:
@@ -115,21 +192,21 @@ class _Calls:
     """Each API call as a `_Call`: what to send and how to read the answer."""
 
     @staticmethod
-    def health() -> _Call:
+    def health() -> _Call[Health]:
         return _Call("GET", "/health/ready", _parse_health, accept=frozenset({503}))
 
     @staticmethod
-    def models() -> _Call:
+    def models() -> _Call[list[ModelInfo]]:
         return _Call("GET", "/models", _parse_models)
 
     @staticmethod
-    def model(name: str, version: int | None) -> _Call:
+    def model(name: str, version: int | None) -> _Call[ModelInfo]:
         return _Call(
             "GET", f"/models/{_segment(name)}", lambda r: ModelInfo.from_json(r.json()), params={"version": version}
         )
 
     @staticmethod
-    def predict(model: str, body: Body, top_k: int | None, version: int | None) -> _Call:
+    def predict(model: str, body: Body, top_k: int | None, version: int | None) -> _Call[PredictResult]:
         return _Call(
             "POST",
             f"/models/{_segment(model)}/predict",
@@ -139,7 +216,9 @@ class _Calls:
         )
 
     @staticmethod
-    def activations(prediction_id: str, layers: Sequence[str] | str | None, format: str) -> _Call:
+    def activations(
+        prediction_id: str, layers: Sequence[str] | str | None, format: str
+    ) -> _Call[dict[str, np.ndarray]]:
         if format not in ("npz", "json"):
             raise ValueError(f"format must be 'npz' or 'json' to return arrays; got {format!r}")
         if layers is not None and not isinstance(layers, str):
@@ -152,58 +231,19 @@ class _Calls:
         )
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    headers = {"User-Agent": "keras-serve-client/0.1"}
-    if api_key:
-        headers["X-API-Key"] = api_key
-    return headers
-
-
-def _needs_thread(images: object) -> bool:
+def _needs_thread(images: Images) -> bool:
     """True when building the body reads files or encodes images: work to keep off the event loop."""
-    return any(not isinstance(item, (bytes, bytearray, memoryview)) for item in as_list(images))  # type: ignore[arg-type]
+    return any(not isinstance(item, (bytes, bytearray, memoryview)) for item in as_list(images))
 
 
-class _Settings:
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        timeout: float | httpx.Timeout,
-        retries: int,
-        backoff: float,
-        max_backoff: float,
-    ) -> None:
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        self.base_url = base_url.rstrip("/")
-        self.headers = _headers(api_key)
-        if not isinstance(timeout, httpx.Timeout):
-            timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self.timeout = timeout
-        self.policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
-        # No TLS on a plain-http URL (and redirects are never followed), so skip loading the CA
-        # bundle: 0.1 s of start-up for every command-line run.
-        self.verify = not self.base_url.startswith("http://")
+# --------------------------------------------------------------------------- the two shells
+
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
-def _outcome(call: _Call, response: httpx.Response) -> tuple[Any, ServiceError | None]:
-    if response.is_success or response.status_code in call.accept:
-        return call.parse(response), None
-    return None, error_from_response(response)
-
-
-class Client:
-    """A synchronous client for the prediction service.
-
-    Use it as a context manager (or call `close()`) so its connections are released.
-
-    Example:
-        >>> with Client("http://127.0.0.1:8000") as client:
-        ...     result = client.predict("digits", ["seven.png", "three.png"], top_k=3)
-        ...     result.predictions[0].label
-        '7'
-    """
+class _Shell(Generic[HttpT, TransportT]):
+    """What both clients share: their arguments, checked once, and the httpx client they open."""
 
     def __init__(
         self,
@@ -215,33 +255,58 @@ class Client:
         *,
         max_backoff: float = 10.0,
         max_connections: int = 10,
-        transport: httpx.BaseTransport | None = None,
+        transport: TransportT | None = None,
     ) -> None:
-        """
-        Args:
-            base_url: the service's root URL, e.g. "http://127.0.0.1:8000".
-            api_key: sent as `X-API-Key` when the service requires one.
-            timeout: seconds per request (or an `httpx.Timeout`).
-            retries: extra attempts on connection errors, 429 and 503; 0 disables retrying.
-            backoff: first wait between attempts in seconds, doubled each time (a server's
-                `Retry-After` takes precedence).
-            max_backoff: cap on the computed wait.
-            max_connections: connections kept to the service.
-            transport: an httpx transport to use instead of the network (tests).
-        """
-        self._settings = _Settings(base_url, api_key, timeout, retries, backoff, max_backoff)
-        self._http = httpx.Client(
-            base_url=self._settings.base_url,
-            headers=self._settings.headers,
-            timeout=self._settings.timeout,
-            verify=self._settings.verify,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
-        )
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.retry_policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
+        headers = {"User-Agent": "keras-serve-client/0.1"}
+        if api_key:
+            headers["X-API-Key"] = api_key
+        if not isinstance(timeout, httpx.Timeout):
+            timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        base_url = base_url.rstrip("/")
+        options: dict[str, Any] = {
+            "base_url": base_url,
+            "headers": headers,
+            "timeout": timeout,
+            # No TLS on a plain-http URL (and redirects are never followed), so skip loading the
+            # CA bundle: 0.1 s of start-up for every command-line run.
+            "verify": not base_url.startswith("http://"),
+            "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            "transport": transport,
+        }
+        self._http: HttpT = self._open(options)
 
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return self._settings.policy
+    def _open(self, options: dict[str, Any]) -> HttpT:
+        raise NotImplementedError
+
+
+class Client(_Shell[httpx.Client, httpx.BaseTransport]):
+    """A synchronous client for the prediction service.
+
+    Use it as a context manager (or call `close()`) so its connections are released.
+
+    Args:
+        base_url: the service's root URL, e.g. "http://127.0.0.1:8000".
+        api_key: sent as `X-API-Key` when the service requires one.
+        timeout: seconds per request (or an `httpx.Timeout`).
+        retries: extra attempts on connection errors, 429 and 503; 0 disables retrying.
+        backoff: first wait between attempts in seconds, doubled each time (a server's
+            `Retry-After` takes precedence).
+        max_backoff: cap on the computed wait.
+        max_connections: connections kept to the service.
+        transport: an httpx transport to use instead of the network (tests).
+
+    Example:
+        >>> with Client("http://127.0.0.1:8000") as client:
+        ...     result = client.predict("digits", ["seven.png", "three.png"], top_k=3)
+        ...     result.predictions[0].label
+        '7'
+    """
+
+    def _open(self, options: dict[str, Any]) -> httpx.Client:
+        return httpx.Client(**options)
 
     def close(self) -> None:
         """Release the client's connections."""
@@ -253,25 +318,19 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _run(self, call: _Call) -> Any:
-        policy = self._settings.policy
-        attempt = 0
+    def _send(self, request: _Request) -> httpx.Response | Exception:
+        try:
+            return self._http.request(request.method, request.path, **request.options)
+        except RETRY_EXCEPTIONS as exc:  # the core decides whether it is worth another try
+            return exc
+
+    def _run(self, call: _Call[T]) -> T:
+        attempts = _Attempts(call, self.retry_policy)
         while True:
-            try:
-                response = self._http.request(call.method, call.path, **call.request_kwargs())
-            except RETRY_EXCEPTIONS as exc:
-                if attempt >= policy.retries:
-                    raise ServiceConnectionError(f"{type(exc).__name__}: {exc}", code="connection_error") from exc
-                wait = policy.delay(attempt, None)
-            else:
-                result, error = _outcome(call, response)
-                if error is None:
-                    return result
-                if response.status_code not in RETRY_STATUSES or attempt >= policy.retries:
-                    raise error
-                wait = policy.delay(attempt, error.retry_after)
-            attempt += 1
-            time.sleep(wait)
+            step = attempts.after(self._send(attempts.request))
+            if isinstance(step, _Done):
+                return step.value
+            time.sleep(step.seconds)
 
     def health(self) -> Health:
         """Whether the service is ready.
@@ -306,11 +365,7 @@ class Client:
         return self._run(_Calls.model(name, version))
 
     def predict(
-        self,
-        model: str,
-        images: ImageInput | Sequence[ImageInput],
-        top_k: int | None = None,
-        version: int | None = None,
+        self, model: str, images: Images, top_k: int | None = None, version: int | None = None
     ) -> PredictResult:
         """Classify one image or a batch in one request.
 
@@ -355,49 +410,15 @@ class Client:
         return self._run(_Calls.activations(id, layers, format))
 
 
-class AsyncClient:
-    """The asyncio twin of `Client`: the same methods, awaited.
+class AsyncClient(_Shell[httpx.AsyncClient, httpx.AsyncBaseTransport]):
+    """The asyncio twin of `Client`: the same arguments and methods, awaited.
 
-    Use it as an async context manager (or await `aclose()`).
+    Use it as an async context manager (or await `aclose()`). `max_connections` is the
+    useful concurrency; `transport` takes an httpx async transport.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        backoff: float = 0.25,
-        *,
-        max_backoff: float = 10.0,
-        max_connections: int = 10,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        """
-        Args:
-            base_url: the service's root URL, e.g. "http://127.0.0.1:8000".
-            api_key: sent as `X-API-Key` when the service requires one.
-            timeout: seconds per request (or an `httpx.Timeout`).
-            retries: extra attempts on connection errors, 429 and 503; 0 disables retrying.
-            backoff: first wait between attempts in seconds, doubled each time (a server's
-                `Retry-After` takes precedence).
-            max_backoff: cap on the computed wait.
-            max_connections: connections kept to the service (the useful concurrency).
-            transport: an httpx async transport to use instead of the network (tests).
-        """
-        self._settings = _Settings(base_url, api_key, timeout, retries, backoff, max_backoff)
-        self._http = httpx.AsyncClient(
-            base_url=self._settings.base_url,
-            headers=self._settings.headers,
-            timeout=self._settings.timeout,
-            verify=self._settings.verify,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
-        )
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return self._settings.policy
+    def _open(self, options: dict[str, Any]) -> httpx.AsyncClient:
+        return httpx.AsyncClient(**options)
 
     async def aclose(self) -> None:
         """Release the client's connections."""
@@ -409,105 +430,41 @@ class AsyncClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _run(self, call: _Call) -> Any:
-        policy = self._settings.policy
-        attempt = 0
+    async def _send(self, request: _Request) -> httpx.Response | Exception:
+        try:
+            return await self._http.request(request.method, request.path, **request.options)
+        except RETRY_EXCEPTIONS as exc:  # the core decides whether it is worth another try
+            return exc
+
+    async def _run(self, call: _Call[T]) -> T:
+        attempts = _Attempts(call, self.retry_policy)
         while True:
-            try:
-                response = await self._http.request(call.method, call.path, **call.request_kwargs())
-            except RETRY_EXCEPTIONS as exc:
-                if attempt >= policy.retries:
-                    raise ServiceConnectionError(f"{type(exc).__name__}: {exc}", code="connection_error") from exc
-                wait = policy.delay(attempt, None)
-            else:
-                result, error = _outcome(call, response)
-                if error is None:
-                    return result
-                if response.status_code not in RETRY_STATUSES or attempt >= policy.retries:
-                    raise error
-                wait = policy.delay(attempt, error.retry_after)
-            attempt += 1
-            await asyncio.sleep(wait)
+            step = attempts.after(await self._send(attempts.request))
+            if isinstance(step, _Done):
+                return step.value
+            await asyncio.sleep(step.seconds)
 
     async def health(self) -> Health:
-        """Whether the service is ready.
-
-        Returns:
-            A `Health`: `ready` is True when every model is loaded and warmed; a 503 answer
-            is returned (with each model's state), not raised.
-        """
+        """`Client.health`, awaited."""
         return await self._run(_Calls.health())
 
     async def models(self) -> list[ModelInfo]:
-        """The models the service serves.
-
-        Returns:
-            One `ModelInfo` per model: name, versions, state, class names, input spec.
-        """
+        """`Client.models`, awaited."""
         return await self._run(_Calls.models())
 
     async def model(self, name: str, version: int | None = None) -> ModelInfo:
-        """One model version's card and layers.
-
-        Args:
-            name: the model's name.
-            version: a version; default: the latest ready one.
-
-        Returns:
-            Its `ModelInfo`, with `layers` (name, type, output shape) filled in.
-
-        Raises:
-            NotFound: no such model or version.
-        """
+        """`Client.model`, awaited."""
         return await self._run(_Calls.model(name, version))
 
     async def predict(
-        self,
-        model: str,
-        images: ImageInput | Sequence[ImageInput],
-        top_k: int | None = None,
-        version: int | None = None,
+        self, model: str, images: Images, top_k: int | None = None, version: int | None = None
     ) -> PredictResult:
-        """Classify one image or a batch in one request.
-
-        Args:
-            model: the model's name.
-            images: one image or a sequence: file paths, image file bytes, PIL images, uint8
-                arrays (sent as PNG), or float arrays of raw pixels in the model's input shape
-                (sent as JSON instances; a 4-D float array is a batch). Don't mix float
-                arrays with the other kinds in one call.
-            top_k: how many of the most likely classes each prediction lists.
-            version: a model version; default: the latest ready one.
-
-        Returns:
-            A `PredictResult`: the model and version that answered and one `Prediction` per
-            image, in order.
-
-        Raises:
-            ServiceError: a subclass per failure, e.g. `BadRequest` (corrupt image),
-                `NotFound` (unknown model or version), `PayloadTooLarge`,
-                `UnsupportedMediaType`, `InvalidInput`, `Unavailable` (after retries).
-        """
-        # Reading files and encoding images is blocking work: keep it off the event loop.
+        """`Client.predict`, awaited; files are read and images encoded off the event loop."""
         body = await asyncio.to_thread(build_body, images) if _needs_thread(images) else build_body(images)
         return await self._run(_Calls.predict(model, body, top_k, version))
 
     async def activations(
         self, id: str, layers: Sequence[str] | str | None = None, format: str = "npz"
     ) -> dict[str, np.ndarray]:
-        """The intermediate activations behind an earlier prediction.
-
-        Args:
-            id: a `Prediction.id` from a recent `predict` call.
-            layers: layer names (a list or a comma-separated string); default: every layer.
-            format: "npz" (compact, the default) or "json" (base64 float32), as transport.
-
-        Returns:
-            One float32 array per layer, by layer name, shaped as the service returns it.
-
-        Raises:
-            NotFound: unknown or expired prediction id.
-            BadRequest: unknown layer name (the message lists the valid ones).
-            PayloadTooLarge: the answer would exceed the service's budget; ask for fewer layers.
-        """
+        """`Client.activations`, awaited."""
         return await self._run(_Calls.activations(id, layers, format))

@@ -9,6 +9,7 @@ body as either form.
 from __future__ import annotations
 
 import io
+import mimetypes
 import os
 import uuid
 from collections.abc import Sequence
@@ -30,24 +31,11 @@ class Body:
     content: bytes | None = None
     content_type: str | None = None
     json: dict[str, Any] | None = None
-    count: int = 0
 
     def request_kwargs(self) -> dict[str, Any]:
         if self.content is not None:
             return {"content": self.content, "headers": {"Content-Type": self.content_type}}
         return {"json": self.json}
-
-
-_MIME = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".webp": "image/webp",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
 
 
 def _png(image: Image.Image) -> bytes:
@@ -86,7 +74,8 @@ def _is_pixels(item: object) -> bool:
 def _file_part(item: ImageInput, position: int) -> tuple[str, bytes, str]:
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
-        return path.name, path.read_bytes(), _MIME.get(path.suffix.lower(), "application/octet-stream")
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return path.name, path.read_bytes(), content_type
     if isinstance(item, (bytes, bytearray, memoryview)):
         return f"image{position}", bytes(item), "application/octet-stream"
     if isinstance(item, Image.Image):
@@ -122,7 +111,7 @@ def build_body(images: ImageInput | Sequence[ImageInput]) -> Body:
         for item in items:
             array = np.asarray(item, dtype=np.float32)
             instances.append(array.tolist())
-        return Body(json={"instances": instances}, count=len(items))
+        return Body(json={"instances": instances})
     if any(pixels):
         raise ValueError("float pixel arrays cannot share a request with image files; send them separately")
     return multipart([_file_part(item, i) for i, item in enumerate(items)])
@@ -145,4 +134,4 @@ def multipart(parts: Sequence[tuple[str, bytes, str]]) -> Body:
         chunks.append(data)
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
-    return Body(content=b"".join(chunks), content_type=f"multipart/form-data; boundary={boundary}", count=len(parts))
+    return Body(content=b"".join(chunks), content_type=f"multipart/form-data; boundary={boundary}")

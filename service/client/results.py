@@ -21,7 +21,7 @@ class ClassScore:
     @classmethod
     def from_json(cls, data: Any) -> ClassScore:
         if isinstance(data, dict):
-            confidence = data.get("confidence", data.get("probability", data.get("score", 0.0)))
+            confidence = data.get("confidence", data.get("probability", data.get("score"))) or 0.0
             index = data.get("index")
             return cls(str(data.get("label")), None if index is None else int(index), float(confidence))
         label, confidence = data[0], data[1]  # [label, confidence] pairs
@@ -108,8 +108,8 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelInfo:
-        card = data.get("card") if isinstance(data.get("card"), dict) else {}
-        merged = {**card, **data}
+        card = data.get("card")
+        merged = {**card, **data} if isinstance(card, dict) else dict(data)
         versions_field = merged.get("versions") or []
         versions = []
         for item in versions_field:

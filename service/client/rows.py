@@ -14,8 +14,6 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from service.client.inputs import path_key
-
 FIELDS = ("path", "label", "confidence", "top_k", "model", "version", "id", "error")
 
 
@@ -90,7 +88,7 @@ def _decode_csv(record: dict[str, str]) -> Row:
 
 
 def _decode_jsonl(record: dict[str, Any]) -> Row:
-    return Row(**{name: record.get(name) for name in FIELDS})
+    return Row(path=str(record["path"]), **{name: record.get(name) for name in FIELDS[1:]})
 
 
 def _complete_prefix(path: str) -> bytes:
@@ -195,8 +193,3 @@ def open_output(path: str, fmt: str, resume: bool, drop_errors: bool = False) ->
     os.replace(tmp, path)
     handle = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (the writer owns and closes it)
     return RowWriter(handle, fmt), kept
-
-
-def done_keys(rows: list[Row]) -> set[str]:
-    """The paths (as `path_key`s) the rows cover."""
-    return {path_key(row.path) for row in rows}

@@ -22,17 +22,18 @@ import asyncio
 import io
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from PIL import Image
+from tqdm import tqdm
 
 from service.client.api import AsyncClient
 from service.client.errors import IMAGE_ERRORS, ServerError, ServiceError
 from service.client.evaluation import evaluate, folder_labels
 from service.client.inputs import expand_inputs, path_key
-from service.client.progress import Progress
 from service.client.results import PredictResult
 from service.client.rows import Row, RowWriter, format_for, open_output
 
@@ -111,7 +112,7 @@ async def _score_files(client: AsyncClient, files: list[tuple[str, bytes]], opti
     """Rows for readable files: one request, or one per image if the service refuses the batch."""
     try:
         result = await client.predict(options.model, [data for _, data in files], options.top_k, options.version)
-    except (*IMAGE_ERRORS, ServerError) as exc:
+    except IMAGE_ERRORS + (ServerError,) as exc:
         if len(files) == 1:
             return [Row(path=files[0][0], error=_describe(exc))]
         if exc.code == "too_many_images":  # --batch-size above the service's limit: halve
@@ -127,7 +128,7 @@ async def _score_files(client: AsyncClient, files: list[tuple[str, bytes]], opti
 
 
 async def score_paths(
-    client: AsyncClient, paths: Sequence[str], options: ScoreOptions, writer: RowWriter, progress: Progress
+    client: AsyncClient, paths: Sequence[str], options: ScoreOptions, writer: RowWriter, progress: tqdm
 ) -> list[Row]:
     """Score `paths` with `options.concurrency` requests in flight, writing rows as they complete.
 
@@ -136,7 +137,7 @@ async def score_paths(
         paths: files to score.
         options: model, version, top_k, batch size, concurrency.
         writer: where rows go, flushed per batch.
-        progress: counts finished images.
+        progress: the progress bar, advanced by finished images (its postfix counts error rows).
 
     Returns:
         The rows written, in completion order.
@@ -146,11 +147,17 @@ async def score_paths(
     """
     batches = _batches(paths, options.batch_size)
     written: list[Row] = []
+    errors = 0
 
     def emit(rows: list[Row]) -> None:
+        nonlocal errors
         writer.write(rows)
         written.extend(rows)
-        progress.update(len(rows), sum(row.failed for row in rows))
+        failed = sum(row.failed for row in rows)
+        if failed:
+            errors += failed
+            progress.set_postfix_str(f"{errors} error(s)", refresh=False)
+        progress.update(len(rows))
 
     async def worker() -> None:
         for batch in batches:  # one shared iterator: each batch goes to exactly one worker
@@ -270,16 +277,18 @@ async def _run(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
             if draw and len(inputs) - len(todo) - len(missing):
                 print(f"resuming: {len(inputs) - len(todo) - len(missing)} image(s) already in {args.out}", file=err)
             writer.write(missing)
-            progress = Progress(len(todo), err, enabled=draw)
             options = ScoreOptions(args.model, args.model_version, args.top_k, args.batch_size, args.concurrency)
-            try:
-                new_rows = await score_paths(client, todo, options, writer, progress)
-            except Aborted as exc:
-                progress.close()
-                print(f"error: run aborted: {exc}", file=err)
-                print(f"the rows scored so far are in {args.out}; rerun with --resume to continue", file=err)
-                return EXIT_ABORTED
-            progress.close()
+            started = time.monotonic()
+            progress = tqdm(total=len(todo), file=err, disable=not draw or not todo, unit="img", dynamic_ncols=True)
+            with progress:
+                try:
+                    new_rows = await score_paths(client, todo, options, writer, progress)
+                except Aborted as exc:
+                    progress.close()  # end the bar's line before the message
+                    print(f"error: run aborted: {exc}", file=err)
+                    print(f"the rows scored so far are in {args.out}; rerun with --resume to continue", file=err)
+                    return EXIT_ABORTED
+            elapsed = time.monotonic() - started
         finally:
             writer.close()
 
@@ -288,8 +297,8 @@ async def _run(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
     rows = [row for row in kept if path_key(row.path) in wanted] + missing + new_rows
     failed = sum(row.failed for row in rows)
     if draw:
-        rate = len(new_rows) / progress.elapsed if progress.elapsed > 0 else 0.0
-        print(f"scored {len(new_rows)} image(s) in {progress.elapsed:.1f} s ({rate:.0f} img/s) -> {args.out}", file=err)
+        rate = len(new_rows) / elapsed if elapsed > 0 else 0.0
+        print(f"scored {len(new_rows)} image(s) in {elapsed:.1f} s ({rate:.0f} img/s) -> {args.out}", file=err)
     if failed:
         print(f"{failed} of {len(rows)} row(s) are errors (see the error column of {args.out})", file=err)
     labels = folder_labels([row.path for row in rows], info.class_names) if info.class_names else None

@@ -24,6 +24,7 @@ from service.client import (
     Unauthorized,
     Unavailable,
 )
+from service.client.api import RetryPolicy, _Attempts, _Call, _Done, _Wait
 from service.client.payloads import build_body
 from tests.client.conftest import BRIGHT, DARK, ROOT, png_bytes
 
@@ -68,14 +69,21 @@ def test_predict_accepts_paths_bytes_pil_and_arrays(server_url, tmp_path):
 def test_float_arrays_go_as_json_instances_and_do_not_mix_with_files():
     body = build_body([np.zeros((2, 2, 1), np.float32)])
     assert body.content is None and body.json == {"instances": [[[[0.0], [0.0]], [[0.0], [0.0]]]]}
-    assert build_body(np.zeros((3, 2, 2, 1), np.float64)).count == 3
+    assert len(build_body(np.zeros((3, 2, 2, 1), np.float64)).json["instances"]) == 3
     uint8 = build_body(np.zeros((3, 2, 2, 1), np.uint8))  # a batch of three 2x2 PNGs (3-D is one image)
-    assert uint8.count == 3 and uint8.content.count(b"\x89PNG") == 3
+    assert uint8.content.count(b"\x89PNG") == 3
     assert uint8.content_type.startswith("multipart/form-data; boundary=")
     with pytest.raises(ValueError, match="cannot share"):
         build_body([np.zeros((2, 2), np.float32), b"png"])
     with pytest.raises(TypeError):
         build_body([12])
+
+
+def test_file_parts_carry_the_content_type_of_their_suffix(tmp_path):
+    for name, expected in [("a.JPG", "image/jpeg"), ("b.webp", "image/webp"), ("c.tif", "image/tiff"), ("d", None)]:
+        (tmp_path / name).write_bytes(b"x")
+        body = build_body(tmp_path / name)
+        assert f"Content-Type: {expected or 'application/octet-stream'}\r\n".encode() in body.content
 
 
 def test_sync_and_async_clients_give_the_same_answers(server_url):
@@ -175,6 +183,24 @@ class Script:
         if isinstance(step, Exception):
             raise step
         return step
+
+
+def test_the_core_decides_each_step_without_io():
+    """`_Attempts` alone: replies in, decisions out (done, wait so long, or the typed error)."""
+    call = _Call("GET", "/models", lambda response: response.json())
+    attempts = _Attempts(call, RetryPolicy(retries=2, backoff=1.0, max_backoff=1.5))
+    assert (attempts.request.method, attempts.request.path) == ("GET", "/models")
+    assert attempts.after(_busy("7")) == _Wait(7.0)  # the server's Retry-After, as sent
+    first = attempts.after(httpx.ConnectError("refused"))  # backoff: 2 ** 1 s capped at 1.5, with jitter
+    assert isinstance(first, _Wait) and 0.75 <= first.seconds <= 1.5
+    with pytest.raises(ServiceConnectionError) as spent:  # no retry left
+        attempts.after(httpx.ConnectError("refused again"))
+    assert isinstance(spent.value.__cause__, httpx.ConnectError)
+    assert _Attempts(call, RetryPolicy()).after(httpx.Response(200, json=[1])) == _Done([1])
+    with pytest.raises(BadRequest):  # a client error is never retried
+        _Attempts(call, RetryPolicy()).after(httpx.Response(400, json={"error": {"code": "x", "message": "y"}}))
+    health = _Call("GET", "/health/ready", lambda response: response.status_code, accept=frozenset({503}))
+    assert _Attempts(health, RetryPolicy()).after(_busy()) == _Done(503)  # an answer here, not an error
 
 
 def test_retries_503_honouring_retry_after():

@@ -134,6 +134,20 @@ def test_inputs_as_globs_and_path_lists_in_process(server_url, tmp_path, capsys)
     assert "accuracy" not in capsys.readouterr().out  # folders a/ and b/ are not class names
 
 
+def test_the_progress_bar_is_drawn_when_asked_with_the_error_count(server_url, tmp_path, capsys):
+    write_images(tmp_path / "x", [DARK, BRIGHT, DARK])
+    (tmp_path / "x" / "bad.png").write_bytes(b"not a png")
+    args = ["--url", server_url, "--model", "grey", str(tmp_path / "x"), "--batch-size", "1", "--concurrency", "1"]
+
+    status = main([*args, "--out", str(tmp_path / "o.csv"), "--progress", "always"])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "\r" in err and "4/4" in err and "1 error(s)" in err and "img/s" in err
+    assert main([*args, "--out", str(tmp_path / "p.csv"), "--progress", "never"]) == 1
+    assert "\r" not in capsys.readouterr().err
+
+
 def test_existing_output_needs_resume_or_overwrite(tmp_path, capsys):
     out = tmp_path / "out.csv"
     out.write_text("path\n")

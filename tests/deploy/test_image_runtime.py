@@ -54,6 +54,7 @@ def venv_python(tmp_path_factory) -> Path:
     return python
 
 
+@pytest.mark.timeout(1200)  # its fixture installs the project into a fresh virtualenv (up to 900 s)
 def test_container_command_serves_and_its_healthcheck_passes(venv_python: Path, tmp_path: Path):
     store = tmp_path / "models"
     ModelFactory(tmp_path / "saved").write(store, "grey", 1)

@@ -270,8 +270,24 @@ def test_deeply_nested_pixel_arrays_get_422(client, depth):
     assert_documented(response, root)
 
 
-def test_pixel_grid_of_the_right_shape_with_odd_numbers(client):
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [(0, "dark"), (255, "bright"), (0.5, "dark"), (254.999, "bright"), (-0.0, "dark"), (1e-300, "dark"),
+     (127, "dark"), (128, "bright")],
+)  # fmt: skip
+def test_pixel_grid_of_the_right_shape_with_odd_numbers(client, value, label):
+    """Any number within [0, 255] is a valid pixel: 200, and the answer follows the value."""
     http, root = client
-    for value in (0, 255, 0.5, 254.999, True, -0.0, 1e-300):
-        response = http.post("/models/grey/predict", json={"instances": [[[value] * 8] * 8]})
-        assert_documented(response, root)
+    response = http.post("/models/grey/predict", json={"instances": [[[value] * 8] * 8]})
+    assert response.status_code == 200, response.text[:500]
+    assert_no_leak(response.text, root)
+    assert [p["label"] for p in response.json()["predictions"]] == [label]
+
+
+@pytest.mark.parametrize("value", [True, False, 255.0001, -1, "7", None])
+def test_pixel_grid_of_the_right_shape_with_invalid_values_gets_422(client, value):
+    http, root = client
+    response = http.post("/models/grey/predict", json={"instances": [[[value] * 8] * 8]})
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert_documented(response, root)

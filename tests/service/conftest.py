@@ -129,6 +129,8 @@ class ModelFactory:
 
     builders = {
         "grey": (build_grey_model, GREY_SPEC, ["dark", "bright"]),
+        # the same model with other weights: "bright" only above 90% white (`grey` says so above 50%)
+        "grey-strict": (lambda: build_grey_model(threshold=0.9), GREY_SPEC, ["dark", "bright"]),
         "colors": (build_colors_model, RGB_SPEC, ["red", "green", "blue"]),
         "edges": (build_edges_model, RGB_SPEC, ["left", "right"]),
     }

@@ -118,9 +118,22 @@ def test_top_k_from_query_form_or_json(client):
     assert len(response.json()["predictions"][0]["top_k"]) == 3  # capped at the class count
 
 
-def test_explicit_version(client):
-    response = client.post("/models/grey/predict?version=1", files={"file": ("a.png", grey_image(0))})
-    assert response.json()["version"] == 1
+def test_explicit_version_serves_the_older_weights(models, tmp_path):
+    """grey v1 calls a 70%-white image bright; v2 (the default, other weights) calls it dark."""
+    root = tmp_path / "models"
+    models.write(root, "grey", 1)
+    models.write(root, "grey", 2, kind="grey-strict")
+    image = {"file": ("a.png", grey_image(180))}
+    with TestClient(create_app(settings_for(root))) as client:
+        wait_ready(client)
+        default = client.post("/models/grey/predict", files=image)
+        older = client.post("/models/grey/predict?version=1", files=image)
+        older_by_query = client.post("/predict?model=grey&version=1", files=image)
+        newer = client.post("/models/grey/predict?version=2", files=image)
+    assert labels(default) == labels(newer) == ["dark"]
+    assert labels(older) == labels(older_by_query) == ["bright"]
+    assert [r.json()["version"] for r in (default, older, older_by_query, newer)] == [2, 1, 1, 2]
+    assert older.json()["predictions"][0]["probabilities"]["bright"] > 0.99
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM"])

@@ -13,7 +13,7 @@ from PIL import Image
 
 from modelcard import InputSpec
 from service.batching import Batcher
-from service.errors import ImageTooLarge, InvalidImage, InvalidInput, QueueFull, UnsupportedFormat
+from service.errors import ImageTooLarge, InvalidImage, InvalidInput, ModelNotReady, QueueFull, UnsupportedFormat
 from service.images import decode_image, pixels_to_input
 from service.inference import Classifier, batch_buckets
 from service.input_cache import InputCache
@@ -133,12 +133,19 @@ def test_batcher_close_serves_queued_requests_first():
         with ThreadPoolExecutor(1) as executor:
             batcher = Batcher(model, executor, max_batch_size=2, max_wait_us=0, max_queue_size=64)
             batcher.start()
-            pending = asyncio.ensure_future(batcher.submit([np.ones(1, np.float32)] * 5))
-            await asyncio.sleep(0)
+            first = asyncio.ensure_future(batcher.submit([np.full(1, v, np.float32) for v in (1, 2, 3, 4, 5)]))
+            second = asyncio.ensure_future(batcher.submit([np.full(1, v, np.float32) for v in (10, 20)]))
+            await asyncio.sleep(0)  # both queued, nothing run yet
             await batcher.close()
-            return await pending
+            with pytest.raises(ModelNotReady):
+                await batcher.submit([np.ones(1, np.float32)])
+            return await first, await second
 
-    assert run(scenario()).shape == (5, 1)
+    first, second = run(scenario())
+    # each request gets its own rows, in its own order (the model's row i is input i's sum)
+    assert first.tolist() == [[1.0], [2.0], [3.0], [4.0], [5.0]]
+    assert second.tolist() == [[10.0], [20.0]]
+    assert model.batches == [2, 2, 2, 1]  # every queued image was run before close returned
 
 
 def test_batcher_reports_model_failure_to_every_request_in_the_batch():
