@@ -10,6 +10,7 @@ from modelcard.card import (
     ReferenceResult,
     TrainingRun,
     ValidationMetrics,
+    WrongPrediction,
 )
 from modelcard.layout import CARD_FILE, MODEL_FILE, file_sha256, list_versions, version_dir
 from modelcard.preprocess import image_to_array
@@ -24,6 +25,7 @@ __all__ = [
     "ReferenceResult",
     "TrainingRun",
     "ValidationMetrics",
+    "WrongPrediction",
     "file_sha256",
     "image_to_array",
     "list_versions",

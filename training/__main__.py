@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("task", choices=TASK_NAMES)
     evaluate.add_argument("--model", type=Path, required=True, help="a version folder, e.g. models/digits/1")
     evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument(
+        "--split",
+        choices=["stratified", "recording"],
+        help="validate on this kind of split instead of the card's (e.g. an old version on a stricter split)",
+    )
+    evaluate.add_argument("--val-fraction", type=float, help="with --split: the share held out (default: the card's)")
 
     sub.add_parser("archs", help="list the architectures with their parameter counts")
     return parser
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             if not card_file.is_file():
                 raise DatasetError(f"{args.model}: expected a model version folder with model.json, found none")
             card = ModelCard.model_validate_json(card_file.read_text())
-            evaluate(args.model, task.load(args.data, card.input))
+            evaluate(args.model, task.load(args.data, card.input), split=args.split, fraction=args.val_fraction)
             return 0
 
         arch = get_architecture(args.task, args.arch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -21,12 +22,22 @@ def write_version(root: Path, model: keras.Model, card: ModelCard) -> Path:
 
     The card's `version` and `sha256` are filled in here.
     """
+    return _publish(root, card, model.save)
+
+
+def copy_version(root: Path, model_file: Path, card: ModelCard) -> Path:
+    """Publish an existing `model.keras`, byte for byte, as the next version with a new `card`
+    (e.g. the same weights with a newly declared preprocessing step)."""
+    return _publish(root, card, lambda target: shutil.copyfile(model_file, target))
+
+
+def _publish(root: Path, card: ModelCard, save: Callable[[Path], object]) -> Path:
     folder = Path(root) / card.name
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        model.save(tmp / MODEL_FILE)
+        save(tmp / MODEL_FILE)
         digest = file_sha256(tmp / MODEL_FILE)
         version = max(list_versions(root, card.name), default=0) + 1
         while True:
