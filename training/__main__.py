@@ -43,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--val-fraction", type=float, help="with --split: the share held out (default: the card's)")
 
+    check = sub.add_parser(
+        "check-split", help="near-duplicate images across the validation split a training run would carve"
+    )
+    check.add_argument("task", choices=TASK_NAMES)
+    check.add_argument("--data", type=Path, required=True)
+    check.add_argument("--arch", default="improved")
+    check.add_argument("--val-fraction", type=float)
+    check.add_argument("--seed", type=int, default=42)
+    check.add_argument("--max-distance", type=int, default=4, help="differing bits (of 64) that count as alike")
+
     sub.add_parser("archs", help="list the architectures with their parameter counts")
     return parser
 
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         arch = get_architecture(args.task, args.arch)
+        if args.command == "check-split":
+            return _check_split(task, arch, args)
         data_path = args.data
         if args.download:
             from training.download import fetch
@@ -110,6 +122,28 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _check_split(task, arch, args) -> int:
+    """Print the near-duplicate pairs across the split; exit status 1 when there are any."""
+    from training.duplicates import near_duplicates
+    from training.fit import split_dataset
+
+    dataset = task.load(args.data, arch.input)
+    fraction = args.val_fraction or arch.val_fraction
+    train, val = split_dataset(dataset, fraction, args.seed, task.split)
+    pairs = near_duplicates(train.x, val.x, args.max_distance)
+
+    def name(part, i: int) -> str:
+        return str(part.files[i]) if part.files is not None else f"#{i}"
+
+    for pair in pairs:
+        print(f"{pair.distance:2d} bits  {name(train, pair.train)}  ~  {name(val, pair.validation)}")
+    print(
+        f"{len(pairs)} near-duplicate pair(s) (dHash distance <= {args.max_distance} of 64) between "
+        f"{len(train)} training and {len(val)} validation images ({task.split} split, seed {args.seed})"
+    )
+    return 1 if pairs else 0
 
 
 if __name__ == "__main__":
