@@ -147,7 +147,9 @@ def build_catsdogs_improved(spec: InputSpec, num_classes: int) -> keras.Model:
     return _vgg_bn(spec, num_classes, [32, 64, 128, 192, 256], "catsdogs_improved", dropout=0.4, stem_stride=2)
 
 
-GREY28 = InputSpec(height=28, width=28, channels=1, color_mode="grayscale")
+# Digits are framed the MNIST way before they reach the model (modelcard/preprocess.py): photos
+# and scans of digits are dark on light, off-centre and of any size.
+GREY28 = InputSpec(height=28, width=28, channels=1, color_mode="grayscale", preprocess="mnist")
 RGB100 = InputSpec(height=100, width=100, channels=3, color_mode="rgb")
 RGB64 = InputSpec(height=64, width=64, channels=3, color_mode="rgb")
 RGB32 = InputSpec(height=32, width=32, channels=3, color_mode="rgb")

@@ -353,14 +353,19 @@ def evaluate(
                 for image in x
             ]
         )
-        which += f", through the {card.input.preprocess!r} preprocessing"
     metrics = metrics_for(predict_probabilities(model, x), part.y, card.class_names, part.files)
-    log(f"{card.name} v{card.version} on the {which} ({len(part)} images): accuracy {metrics.accuracy:.4f}")
+    through = f", through its {card.input.preprocess!r} preprocessing" if card.input.preprocess != "none" else ""
+    log(f"{card.name} v{card.version} on the {which} ({len(part)} images{through}): accuracy {metrics.accuracy:.4f}")
     width = max(len(n) for n in card.class_names)
     for name, acc in metrics.per_class_accuracy.items():
         log(f"  {name:<{width}}  {acc:.4f}")
     log("confusion matrix (rows: true, columns: predicted):")
     for name, row in zip(card.class_names, metrics.confusion_matrix, strict=True):
         log(f"  {name:<{width}}  " + " ".join(f"{v:4d}" for v in row))
-    log(json.dumps({"accuracy": metrics.accuracy, "images": len(part), "part": which}))
+    if metrics.wrong_examples:
+        log(f"most confident mistakes (up to {WRONG_EXAMPLES}):")
+        for wrong in metrics.wrong_examples:
+            log(f"  {wrong.file}: {wrong.true} taken for {wrong.predicted} ({wrong.confidence:.3f})")
+    summary = {"accuracy": metrics.accuracy, "images": len(part), "part": which, "preprocess": card.input.preprocess}
+    log(json.dumps(summary))
     return metrics

@@ -65,6 +65,7 @@ def test_train_writes_a_loadable_version_with_a_complete_card(tmp_path, request,
         assert "optimizer" not in weights, list(weights)
     if task == "digits":
         assert 0.0 <= card.extra_evaluations["rendered_digits_accuracy"] <= 1.0
+        assert card.input.preprocess == "mnist"  # digits are framed the MNIST way, in serving and evaluation
 
 
 def test_second_run_is_a_new_version_and_keeps_the_first(tmp_path, signs_h5):
@@ -93,6 +94,7 @@ def test_evaluate_reports_accuracy_and_confusion(tmp_path, mnist_npz, capsys):
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["images"] == 20 and summary["part"] == "test split"
+    assert summary["preprocess"] == "mnist"  # evaluated through the framing, as served
     assert "confusion matrix" in out
 
 
