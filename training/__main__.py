@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="default: the architecture's recipe")
     train.add_argument("--learning-rate", type=float, help="default: the architecture's recipe")
     train.add_argument("--val-fraction", type=float, help="share of each class held out for validation")
+    train.add_argument(
+        "--split",
+        choices=["stratified", "recording"],
+        help="how validation is carved (default: the task's; fruits: by recording, its frames being near-identical)",
+    )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--out", type=Path, default=Path("models"), help="the model store (default: models)")
     train.add_argument(
@@ -104,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                 + ("; or pass --download to fetch it" if task.source else "")
             )
         from training.fit import Options, train
+
+        if args.split:
+            import dataclasses
+
+            task = dataclasses.replace(task, split=args.split)
 
         recipe = arch.recipe
         options = Options(

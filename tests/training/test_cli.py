@@ -203,3 +203,8 @@ def test_check_split_finds_a_copy_across_the_split(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert all(line.split("bits")[1].count("cats/cat.") == 2 for line in out[:-1]) and len(out) > 1
     assert out[-1].startswith(f"{len(out) - 1} near-duplicate pair(s)")
+
+
+def test_the_split_can_be_chosen_for_a_run(tmp_path, fruits_recordings):
+    _, card = _train(tmp_path, "fruits", fruits_recordings, "--split", "stratified")
+    assert card.training.split == "stratified" and card.data.validation_source.startswith("stratified 20%")
