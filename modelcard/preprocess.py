@@ -40,6 +40,9 @@ MNIST_BOX = 20
 MNIST_CENTRE = 14.0
 _INK = 0.2  # after stretching, what is below this share of full ink is paper, not ink
 _MIN_CONTRAST = 24.0  # ink must differ from the paper by this much (0-255) to count as a digit
+# Larger images are first reduced (box filter) to this longest side: the digit ends up 20
+# pixels tall, so nothing is lost, and the work per image stays bounded.
+_WORKING_SIZE = 256
 
 
 def _border(grey: np.ndarray, width: int) -> np.ndarray:
@@ -84,7 +87,11 @@ def frame_digit(grey: np.ndarray) -> np.ndarray:
     as MNIST was) and pastes it in 28x28 with its centre of mass at the centre. An image with
     no ink (uniform within 24 grey levels) becomes an empty black field.
     """
-    values = grey.astype(np.float64)
+    if max(grey.shape) > _WORKING_SIZE:
+        scale = _WORKING_SIZE / max(grey.shape)
+        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+        grey = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.Resampling.BOX))
+    values = grey.astype(np.float32)
     ring = _border(values, max(1, min(values.shape) // 20))
     paper = float(np.median(ring))
     if paper > 127:
@@ -94,8 +101,9 @@ def frame_digit(grey: np.ndarray) -> np.ndarray:
         return np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
     ink = np.clip((values - paper) / contrast, 0.0, 1.0)
     ink[ink < _INK] = 0.0
-    rows, cols = np.nonzero(ink)
-    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     height, width = crop.shape
     scale = MNIST_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))

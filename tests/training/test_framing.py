@@ -165,3 +165,10 @@ def test_rendered_digits_are_dark_on_light_and_not_mnist_sized():
         pixels = np.asarray(image)
         assert image.size != (28, 28)
         assert np.median(pixels) > 150 and pixels.min() < 100
+
+
+def test_a_large_photo_is_framed_like_a_small_one():
+    small = image_to_array(_dark_on_light_seven(), FRAMED)[..., 0].astype(int)
+    large = image_to_array(_dark_on_light_seven().resize((1500, 900), Image.Resampling.BICUBIC), FRAMED)[..., 0]
+    assert max(_ink_box(large)) == 20
+    assert np.abs(large.astype(int) - small).mean() < 10  # the same digit, up to resampling
