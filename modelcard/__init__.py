@@ -13,6 +13,7 @@ from modelcard.card import (
     ReferenceResult,
     TrainingRun,
     ValidationMetrics,
+    WrongPrediction,
 )
 from modelcard.layout import CARD_FILE, EXPORT_FILES, MODEL_FILE, PARITY_FILE, file_sha256, list_versions
 from modelcard.loading import ChecksumMismatch, load_verified_model, verify_sha256
@@ -34,6 +35,7 @@ __all__ = [
     "ReferenceResult",
     "TrainingRun",
     "ValidationMetrics",
+    "WrongPrediction",
     "file_sha256",
     "image_to_array",
     "load_verified_model",

@@ -27,12 +27,19 @@ class InputSpec(BaseModel):
     dtype: Literal["float32"] = "float32"
     value_range: tuple[float, float] = (0.0, 255.0)
     resample: Literal["bilinear", "bicubic", "lanczos", "nearest", "box"] = "bilinear"
+    preprocess: Literal["none", "mnist"] = Field(
+        "none",
+        description="a framing step before resizing: 'mnist' inverts dark-on-light images, crops to the ink, "
+        "fits it in 20x20 keeping the aspect ratio and centres it by mass in 28x28, as MNIST was made",
+    )
 
     @model_validator(mode="after")
     def _channels_match_mode(self) -> InputSpec:
         expected = 1 if self.color_mode == "grayscale" else 3
         if self.channels != expected:
             raise ValueError(f"color_mode {self.color_mode!r} needs {expected} channel(s)")
+        if self.preprocess == "mnist" and (self.shape != (28, 28, 1)):
+            raise ValueError("preprocess 'mnist' frames digits in 28x28 grayscale; this input is " + str(self.shape))
         return self
 
     @property
@@ -53,11 +60,21 @@ class DataProvenance(BaseModel):
     validation_source: str = Field(description="how the validation set was obtained")
 
 
+class WrongPrediction(BaseModel):
+    file: str
+    true: str
+    predicted: str
+    confidence: float
+
+
 class ValidationMetrics(BaseModel):
     accuracy: float
     loss: float
     per_class_accuracy: dict[str, float]
     confusion_matrix: list[list[int]] = Field(description="rows: true class, columns: predicted")
+    wrong_examples: list[WrongPrediction] = Field(
+        default_factory=list, description="a sample of misclassified validation images, when they have file names"
+    )
 
 
 class TrainingRun(BaseModel):
@@ -67,6 +84,9 @@ class TrainingRun(BaseModel):
     batch_size: int
     seed: int
     val_fraction: float
+    split: Literal["stratified", "recording"] = Field(
+        "stratified", description="how validation was carved: per class at random, or by whole recordings"
+    )
     optimizer: str
     learning_rate: float
     label_smoothing: float = 0.0

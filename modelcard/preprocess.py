@@ -26,12 +26,111 @@ def _flatten_on_white(image: Image.Image) -> Image.Image:
     return image
 
 
+# ----------------------------------------------------------------- the MNIST framing
+#
+# MNIST digits were written dark on light paper, then (LeCun et al.) size-normalised to fit a
+# 20x20 box keeping their aspect ratio, anti-aliased, and placed in a 28x28 field so that their
+# centre of mass sits at its centre; white ink on black. `frame_digit` does the same to any
+# grey image, so a photo or scan of a digit reaches the model the way MNIST digits did.
+
+MNIST_SIZE = 28
+MNIST_BOX = 20
+# Where MNIST's centres of mass lie (row, column in pixel indices): 13.5..14.5 for all 60,000
+# training digits, so 14.0 is their centre.
+MNIST_CENTRE = 14.0
+_INK = 0.2  # after stretching, what is below this share of full ink is paper, not ink
+_MIN_CONTRAST = 24.0  # ink must differ from the paper by this much (0-255) to count as a digit
+# Larger images are first reduced (box filter) to this longest side: the digit ends up 20
+# pixels tall, so nothing is lost, and the work per image stays bounded.
+_WORKING_SIZE = 256
+
+
+def _border(grey: np.ndarray, width: int) -> np.ndarray:
+    return np.concatenate(
+        [grey[:width].ravel(), grey[-width:].ravel(), grey[:, :width].ravel(), grey[:, -width:].ravel()]
+    )
+
+
+def _centre_of_mass(grey: np.ndarray) -> tuple[float, float]:
+    mass = grey.sum()
+    rows = (grey.sum(axis=1) * np.arange(grey.shape[0])).sum() / mass
+    cols = (grey.sum(axis=0) * np.arange(grey.shape[1])).sum() / mass
+    return float(rows), float(cols)
+
+
+def is_mnist_framed(grey: np.ndarray) -> bool:
+    """Whether a grey image already looks like an MNIST digit, so framing would only blur it.
+
+    Precisely: 28x28; a dark border (the outer 2-pixel ring averages under 32 of 255: MNIST's
+    never exceeds 11); its ink (pixels above a tenth of the brightest) inside a 20x20 box; and
+    its centre of mass within one pixel of (14, 14) (MNIST's are within half a pixel).
+    """
+    if grey.shape != (MNIST_SIZE, MNIST_SIZE):
+        return False
+    values = grey.astype(np.float64)
+    peak = values.max()
+    if peak < _MIN_CONTRAST or _border(values, 2).mean() >= 32:
+        return False
+    rows, cols = np.nonzero(values > 0.1 * peak)
+    if np.ptp(rows) + 1 > MNIST_BOX or np.ptp(cols) + 1 > MNIST_BOX:
+        return False
+    cy, cx = _centre_of_mass(values)
+    return abs(cy - MNIST_CENTRE) <= 1.0 and abs(cx - MNIST_CENTRE) <= 1.0
+
+
+def frame_digit(grey: np.ndarray) -> np.ndarray:
+    """Frame one grey digit image of any size the MNIST way; a 28x28 uint8 array.
+
+    Inverts it when its background (the median of its border) is light, stretches the ink
+    from the paper's level to 255 and drops what is fainter than a fifth of it (paper texture),
+    crops to the ink, scales it to fit 20x20 keeping its aspect ratio (Lanczos, anti-aliased
+    as MNIST was) and pastes it in 28x28 with its centre of mass at the centre. An image with
+    no ink (uniform within 24 grey levels) becomes an empty black field.
+    """
+    if max(grey.shape) > _WORKING_SIZE:
+        scale = _WORKING_SIZE / max(grey.shape)
+        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+        grey = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.Resampling.BOX))
+    values = grey.astype(np.float32)
+    ring = _border(values, max(1, min(values.shape) // 20))
+    paper = float(np.median(ring))
+    if paper > 127:
+        values, paper = 255.0 - values, 255.0 - paper
+    contrast = values.max() - paper
+    if contrast < _MIN_CONTRAST:
+        return np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
+    ink = np.clip((values - paper) / contrast, 0.0, 1.0)
+    ink[ink < _INK] = 0.0
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = crop.shape
+    scale = MNIST_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    glyph = Image.fromarray(np.round(crop * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    small = np.asarray(glyph, dtype=np.float64)
+    if small.sum() == 0:  # a speck that vanished when scaled: keep it visible
+        small = np.full_like(small, 255.0)
+    cy, cx = _centre_of_mass(small)
+    top = min(max(int(round(MNIST_CENTRE - cy)), 0), MNIST_SIZE - small.shape[0])
+    left = min(max(int(round(MNIST_CENTRE - cx)), 0), MNIST_SIZE - small.shape[1])
+    field = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
+    field[top : top + small.shape[0], left : left + small.shape[1]] = small.astype(np.uint8)
+    return field
+
+
+def mnist_framing(grey: np.ndarray) -> np.ndarray:
+    """The `preprocess: mnist` step: frame the digit unless it is already MNIST-framed."""
+    return grey.astype(np.uint8) if is_mnist_framed(grey) else frame_digit(grey)
+
+
 def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """Orient, flatten, convert and resize one image for a model with input `spec`.
+    """Orient, flatten, convert, frame (if the spec says so) and resize one image for a model.
 
     Args:
         image: a decoded Pillow image of any size and mode.
-        spec: the model's input spec.
+        spec: the model's input spec; `spec.preprocess == "mnist"` frames grey digits the
+            MNIST way (`mnist_framing`) instead of resizing them.
 
     Returns:
         A uint8 array of shape `spec.shape`.
@@ -39,6 +138,8 @@ def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
     image = ImageOps.exif_transpose(image)
     image = _flatten_on_white(image)
     image = image.convert("L" if spec.color_mode == "grayscale" else "RGB")
+    if spec.preprocess == "mnist":
+        return mnist_framing(np.asarray(image, dtype=np.uint8))[:, :, None]
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), _RESAMPLE[spec.resample])
     array = np.asarray(image, dtype=np.uint8)

@@ -129,3 +129,44 @@ def test_predicted_probabilities_equal_the_last_layer_of_the_activations(forced_
         activation = np.asarray(layer["data"], np.float32).reshape(-1)
         predicted = np.array([prediction["probabilities"][c] for c in classes], np.float32)
         assert np.abs(predicted - activation).max() <= 1e-4
+
+
+# Fonts Debian's fonts-dejavu-core ships (.ci/run installs it), plus Pillow's bundled font.
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
+DEJAVU_CORE = [
+    "DejaVuSans",
+    "DejaVuSans-Bold",
+    "DejaVuSansMono",
+    "DejaVuSansMono-Bold",
+    "DejaVuSerif",
+    "DejaVuSerif-Bold",
+]
+
+
+def test_digits_read_font_digits_sent_as_photos_are(client):
+    """Dark ink on light paper, other sizes, off-centre: the card's MNIST framing makes them readable."""
+    import io
+
+    from PIL import ImageFont
+
+    from training.rendered_digits import render_digits
+
+    card = ModelCard.model_validate_json((_latest("digits") / CARD_FILE).read_text())
+    assert card.input.preprocess == "mnist"
+    files = [DEJAVU / f"{name}.ttf" for name in DEJAVU_CORE]
+    if not all(f.is_file() for f in files):
+        pytest.skip(f"Debian's fonts-dejavu-core is not installed (no {DEJAVU}/DejaVuSans.ttf): apt-get install it")
+    fonts = [ImageFont.truetype(str(f), 96) for f in files] + [ImageFont.load_default(size=96)]
+    images, labels = render_digits(fonts, angles=(-10, 0, 10))
+    predicted = []
+    for start in range(0, len(images), 32):
+        parts = []
+        for i, image in enumerate(images[start : start + 32]):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            parts.append(("file", (f"{start + i}.png", buffer.getvalue(), "image/png")))
+        response = client.post("/models/digits/predict", files=parts)
+        assert response.status_code == 200, response.text
+        predicted += [int(p["label"]) for p in response.json()["predictions"]]
+    accuracy = float(np.mean(np.array(predicted) == labels))
+    assert len(images) == 210 and accuracy >= 0.98, accuracy

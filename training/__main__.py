@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="default: the architecture's recipe")
     train.add_argument("--learning-rate", type=float, help="default: the architecture's recipe")
     train.add_argument("--val-fraction", type=float, help="share of each class held out for validation")
+    train.add_argument(
+        "--split",
+        choices=["stratified", "recording"],
+        help="how validation is carved (default: the task's; fruits: by recording, its frames being near-identical)",
+    )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--out", type=Path, default=Path("models"), help="the model store (default: models)")
     train.add_argument(
@@ -36,6 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("task", choices=TASK_NAMES)
     evaluate.add_argument("--model", type=Path, required=True, help="a version folder, e.g. models/digits/1")
     evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument(
+        "--split",
+        choices=["stratified", "recording"],
+        help="validate on this kind of split instead of the card's (e.g. an old version on a stricter split)",
+    )
+    evaluate.add_argument("--val-fraction", type=float, help="with --split: the share held out (default: the card's)")
+
+    check = sub.add_parser(
+        "check-split", help="near-duplicate images across the validation split a training run would carve"
+    )
+    check.add_argument("task", choices=TASK_NAMES)
+    check.add_argument("--data", type=Path, required=True)
+    check.add_argument("--arch", default="improved")
+    check.add_argument("--val-fraction", type=float)
+    check.add_argument("--seed", type=int, default=42)
+    check.add_argument("--max-distance", type=int, default=4, help="differing bits (of 64) that count as alike")
 
     export = sub.add_parser("export", help="add ONNX / OpenVINO exports and parity inputs to an existing version")
     export.add_argument("version", type=Path, help="a version folder, e.g. models/digits/1")
@@ -86,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             if not card_file.is_file():
                 raise DatasetError(f"{args.model}: expected a model version folder with model.json, found none")
             card = ModelCard.model_validate_json(card_file.read_text())
-            evaluate(args.model, task.load(args.data, card.input))
+            evaluate(args.model, task.load(args.data, card.input), split=args.split, fraction=args.val_fraction)
             return 0
 
         arch = get_architecture(args.task, args.arch)
+        if args.command == "check-split":
+            return _check_split(task, arch, args)
         data_path = args.data
         if args.download:
             from training.download import fetch
@@ -102,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 + ("; or pass --download to fetch it" if task.source else "")
             )
         from training.fit import Options, train
+
+        if args.split:
+            import dataclasses
+
+            task = dataclasses.replace(task, split=args.split)
 
         recipe = arch.recipe
         options = Options(
@@ -120,6 +148,28 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _check_split(task, arch, args) -> int:
+    """Print the near-duplicate pairs across the split; exit status 1 when there are any."""
+    from training.duplicates import near_duplicates
+    from training.fit import split_dataset
+
+    dataset = task.load(args.data, arch.input)
+    fraction = args.val_fraction or arch.val_fraction
+    train, val = split_dataset(dataset, fraction, args.seed, task.split)
+    pairs = near_duplicates(train.x, val.x, args.max_distance)
+
+    def name(part, i: int) -> str:
+        return str(part.files[i]) if part.files is not None else f"#{i}"
+
+    for pair in pairs:
+        print(f"{pair.distance:2d} bits  {name(train, pair.train)}  ~  {name(val, pair.validation)}")
+    print(
+        f"{len(pairs)} near-duplicate pair(s) (dHash distance <= {args.max_distance} of 64) between "
+        f"{len(train)} training and {len(val)} validation images ({task.split} split, seed {args.seed})"
+    )
+    return 1 if pairs else 0
 
 
 if __name__ == "__main__":

@@ -31,9 +31,13 @@ class DatasetError(Exception):
 class Split:
     x: np.ndarray  # uint8, (N, H, W, C)
     y: np.ndarray  # int64, (N,)
+    files: np.ndarray | None = None  # str (N,): each image's path relative to the dataset folder
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def take(self, index: np.ndarray) -> Split:
+        return Split(self.x[index], self.y[index], None if self.files is None else self.files[index])
 
     def counts(self, class_names: Sequence[str]) -> dict[str, int]:
         found = np.bincount(self.y, minlength=len(class_names))
@@ -258,14 +262,15 @@ def _folder_split(folder: Path, spec: InputSpec, class_names: list[str] | None =
     for sub in subfolders:
         if sub.name not in index:
             raise DatasetError(f"{sub}: class folder {sub.name!r} is not among the training classes")
-        images = sorted(p for p in sub.iterdir() if _is_image(p))
+        images = sorted((p for p in sub.iterdir() if _is_image(p)), key=lambda p: p.name)
         files += images
         labels += [index[sub.name]] * len(images)
     empty = [p.name for p in subfolders if not any(_is_image(c) for c in p.iterdir())]
     if not files or (class_names is None and empty):
         what = f"class folders with no images: {empty}" if empty else _found(folder)
         raise DatasetError(f"{folder}: expected one folder of images per class, found {what}")
-    return Split(decode_images(files, spec), np.array(labels, dtype=np.int64)), names
+    relative = np.array([f"{p.parent.name}/{p.name}" for p in files])
+    return Split(decode_images(files, spec), np.array(labels, dtype=np.int64), relative), names
 
 
 def load_fruits(path: Path, spec: InputSpec) -> Dataset:
@@ -297,7 +302,9 @@ def _catsdogs_part(folder: Path, spec: InputSpec) -> tuple[Split, str] | None:
     flat = sorted(p for p in folder.iterdir() if p.is_file() and _KAGGLE_NAME.match(p.name))
     if flat:
         labels = np.array([0 if p.name.lower().startswith("cat") else 1 for p in flat], dtype=np.int64)
-        return Split(decode_images(flat, spec), labels), "Kaggle flat (cat.N.jpg / dog.N.jpg)"
+        return Split(
+            decode_images(flat, spec), labels, np.array([p.name for p in flat])
+        ), "Kaggle flat (cat.N.jpg / dog.N.jpg)"
     return None
 
 
@@ -347,4 +354,61 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
             n_val = min(max(n_val, 1), len(idx) - 1)
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
+    return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))
+
+
+# Fruits-360 names each frame of a recording `<frame>_100.jpg`; further recordings of the same
+# fruit carry a prefix (`r_`, `r2_`, `r3_`, ...): `r_12_100.jpg` is frame 12 of recording `r`.
+_FRAME_NAME = re.compile(r"^(?P<recording>(?:[A-Za-z]+\d*_)*?)(?P<frame>\d+)(?:_\d+)?\.[A-Za-z]+$")
+
+
+def recording_of(file_name: str) -> tuple[str, int]:
+    """(recording, frame number) of a Fruits-360 file name, e.g. `r2_41_100.jpg` -> ("r2", 41).
+
+    A name that does not follow the pattern is a recording of its own (frame 0)."""
+    found = _FRAME_NAME.match(Path(file_name).name)
+    if not found:
+        return Path(file_name).name, 0
+    return found["recording"].rstrip("_") or "main", int(found["frame"])
+
+
+def recording_split(
+    labels: np.ndarray, files: Sequence[str], fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) such that no recording has frames on both sides.
+
+    Neighbouring frames of one recording are near-identical, so a random split validates on
+    images the model has practically seen. Per class: when it has several recordings, whole
+    recordings (picked with `seed`) go to validation until they hold at least `fraction` of
+    the class, always leaving one for training; a class with a single recording gives a
+    contiguous range of frames instead, so that only the two ends of the range touch training.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    if len(files) != len(labels):
+        raise ValueError(f"{len(files)} file names for {len(labels)} labels")
+    rng = np.random.default_rng(seed)
+    parsed = [recording_of(f) for f in files]
+    recordings = np.array([r for r, _ in parsed])
+    frames = np.array([f for _, f in parsed])
+    train_idx, val_idx = [], []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        names = sorted(set(recordings[members]))
+        if len(names) >= 2:
+            chosen: list[str] = []
+            held = 0
+            for name in rng.permutation(names):
+                if held >= fraction * len(members) or len(chosen) == len(names) - 1:
+                    break
+                chosen.append(str(name))
+                held += int((recordings[members] == name).sum())
+            in_val = np.isin(recordings[members], chosen)
+        else:
+            order = members[np.argsort(frames[members], kind="stable")]
+            n_val = min(max(int(round(len(order) * fraction)), 1), len(order) - 1) if len(order) >= 2 else 0
+            start = int(rng.integers(0, len(order) - n_val + 1))
+            in_val = np.isin(members, order[start : start + n_val])
+        val_idx.append(members[in_val])
+        train_idx.append(members[~in_val])
     return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))

@@ -12,19 +12,23 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from modelcard import (
     CARD_FILE,
     MODEL_FILE,
     DataProvenance,
+    InputSpec,
     ModelCard,
     ParameterCount,
     ReferenceResult,
     TrainingRun,
     ValidationMetrics,
+    WrongPrediction,
+    image_to_array,
 )
 from training.architectures import Architecture, augmentation_layers
-from training.datasets import Dataset, Split, stratified_split
+from training.datasets import Dataset, Split, recording_split, stratified_split
 from training.store import write_version
 from training.tasks import Task
 
@@ -68,7 +72,9 @@ def predict_probabilities(model: keras.Model, x: np.ndarray, batch_size: int = 2
     return model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
 
 
-def metrics_for(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> ValidationMetrics:
+def metrics_for(
+    probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], files: np.ndarray | None = None
+) -> ValidationMetrics:
     n = len(class_names)
     predicted = probabilities.argmax(axis=1)
     confusion = np.zeros((n, n), dtype=np.int64)
@@ -79,45 +85,70 @@ def metrics_for(probabilities: np.ndarray, labels: np.ndarray, class_names: list
     }
     picked = probabilities[np.arange(len(labels)), labels]
     loss = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))) if len(labels) else 0.0
+    wrong = []
+    if files is not None:
+        # The most confident mistakes first: those are the ones worth looking at.
+        misses = np.flatnonzero(predicted != labels)
+        misses = misses[np.argsort(-probabilities[misses, predicted[misses]], kind="stable")][:WRONG_EXAMPLES]
+        wrong = [
+            WrongPrediction(
+                file=str(files[i]),
+                true=class_names[labels[i]],
+                predicted=class_names[predicted[i]],
+                confidence=round(float(probabilities[i, predicted[i]]), 4),
+            )
+            for i in misses
+        ]
     return ValidationMetrics(
         accuracy=float((predicted == labels).mean()) if len(labels) else 0.0,
         loss=loss,
         per_class_accuracy=per_class,
         confusion_matrix=confusion.tolist(),
+        wrong_examples=wrong,
     )
 
 
-def split_dataset(dataset: Dataset, fraction: float, seed: int) -> tuple[Split, Split]:
-    train_idx, val_idx = stratified_split(dataset.train.y, fraction, seed)
-    x, y = dataset.train.x, dataset.train.y
-    return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
+WRONG_EXAMPLES = 20
 
 
-def train(
-    task: Task,
-    arch: Architecture,
-    dataset: Dataset,
-    options: Options,
-    out: Path,
-    command: str,
-    reference: Path | None = None,
-    log=print,
-) -> tuple[Path, ModelCard]:
-    """Train `arch` on `dataset`, validate on a stratified split, write a new version."""
-    make_deterministic(options.seed)
-    train_split, val_split = split_dataset(dataset, options.val_fraction, options.seed)
-    names = dataset.class_names
-    log(
-        f"{task.name}/{arch.name}: {len(train_split)} training, {len(val_split)} validation images, "
-        f"{len(names)} classes, input {arch.input.shape}"
-    )
+def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str = "stratified") -> tuple[Split, Split]:
+    """Carve (train, validation) from the training data: `stratified` per class at random,
+    or `recording` so that no recording has frames on both sides (needs file names)."""
+    if kind == "recording":
+        if dataset.train.files is None:
+            raise ValueError(f"{dataset.path}: a split by recording needs the images' file names")
+        train_idx, val_idx = recording_split(dataset.train.y, dataset.train.files, fraction, seed)
+    elif kind == "stratified":
+        train_idx, val_idx = stratified_split(dataset.train.y, fraction, seed)
+    else:
+        raise ValueError(f"unknown split {kind!r}: expected 'stratified' or 'recording'")
+    return dataset.train.take(train_idx), dataset.train.take(val_idx)
 
-    model = arch.build(arch.input, len(names))
+
+def describe_split(kind: str, fraction: float, seed: int) -> str:
+    if kind == "recording":
+        return (
+            f"whole recordings held out per class (at least {fraction:.0%} of each class, picked with seed {seed}); "
+            "no recording has frames on both sides"
+        )
+    return f"stratified {fraction:.0%} of the training data, shuffled with seed {seed}"
+
+
+def compile_model(arch: Architecture, num_classes: int, options: Options, train_size: int) -> keras.Model:
+    """Build `arch` and compile it with its recipe's optimizer, schedule and loss."""
+    model = arch.build(arch.input, num_classes)
     recipe = arch.recipe
-    steps = options.epochs * int(np.ceil(len(train_split) / options.batch_size))
+    steps = options.epochs * int(np.ceil(train_size / options.batch_size))
     lr = options.learning_rate
     if recipe.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(options.learning_rate, decay_steps=max(steps, 1), alpha=0.01)
+        warmup = min(recipe.warmup_epochs * int(np.ceil(train_size / options.batch_size)), steps // 2)
+        lr = keras.optimizers.schedules.CosineDecay(
+            options.learning_rate / 10 if warmup else options.learning_rate,
+            decay_steps=max(steps - warmup, 1),
+            alpha=0.01,
+            warmup_target=options.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
     if recipe.weight_decay:
         optimizer = keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
     else:
@@ -127,20 +158,56 @@ def train(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
     )
-    augment = augmentation_layers(recipe.augmentation, options.seed, task.fill_mode, task.fill_value)
+    return model
+
+
+def fit_model(
+    model: keras.Model, task: Task, arch: Architecture, train_split: Split, val_split: Split, options: Options
+) -> float:
+    """Fit with the recipe's augmentation (in the data pipeline only); returns the wall time in seconds."""
+    num_classes = model.output_shape[-1]
+    augment = augmentation_layers(arch.recipe.augmentation, options.seed, task.fill_mode, task.fill_value)
     started = time.monotonic()
     model.fit(
-        _pipeline(train_split, len(names), options.batch_size, options.seed, augment, train=True),
-        validation_data=_pipeline(val_split, len(names), 256, options.seed, None, train=False),
+        _pipeline(train_split, num_classes, options.batch_size, options.seed, augment, train=True),
+        validation_data=_pipeline(val_split, num_classes, 256, options.seed, None, train=False),
         epochs=options.epochs,
         verbose=2,
     )
-    wall = time.monotonic() - started
-    validation = metrics_for(predict_probabilities(model, val_split.x), val_split.y, names)
-    log(f"validation accuracy {validation.accuracy:.4f} after {wall:.0f} s")
+    return time.monotonic() - started
 
-    reference_result = _reference_result(reference) if reference else None
-    card = ModelCard(
+
+def extra_evaluations(task: Task, model: keras.Model, spec: InputSpec, log=print) -> dict[str, float]:
+    """Figures beyond validation that a task defines (digits: accuracy on font-rendered digits)."""
+    figures = {name: measure(model, spec) for name, measure in task.extra_evaluations.items()}
+    for name, value in figures.items():
+        log(f"{name}: {value:.4f}")
+    return figures
+
+
+def optimizer_description(recipe) -> str:
+    text = f"adamw (weight decay {recipe.weight_decay})" if recipe.weight_decay else "adam"
+    if recipe.schedule == "cosine":
+        text += f" + {recipe.warmup_epochs}-epoch warm-up" if recipe.warmup_epochs else ""
+        text += " + cosine decay"
+    return text
+
+
+def build_card(
+    task: Task,
+    arch: Architecture,
+    dataset: Dataset,
+    splits: tuple[Split, Split],
+    options: Options,
+    model: keras.Model,
+    validation: ValidationMetrics,
+    wall: float,
+    command: str,
+    reference: ReferenceResult | None,
+) -> ModelCard:
+    train_split, val_split = splits
+    names = dataset.class_names
+    return ModelCard(
         name=task.name,
         version=1,  # set by write_version
         task=task.name,
@@ -155,9 +222,7 @@ def train(
             format=dataset.format,
             train_counts=train_split.counts(names),
             validation_counts=val_split.counts(names),
-            validation_source=(
-                f"stratified {options.val_fraction:.0%} of the training data, shuffled with seed {options.seed}"
-            ),
+            validation_source=describe_split(task.split, options.val_fraction, options.seed),
         ),
         training=TrainingRun(
             command=command,
@@ -166,26 +231,51 @@ def train(
             batch_size=options.batch_size,
             seed=options.seed,
             val_fraction=options.val_fraction,
-            optimizer=(f"adamw (weight decay {recipe.weight_decay})" if recipe.weight_decay else "adam")
-            + (" + cosine decay" if recipe.schedule == "cosine" else ""),
+            split=task.split,
+            optimizer=optimizer_description(arch.recipe),
             learning_rate=options.learning_rate,
-            label_smoothing=recipe.label_smoothing,
-            augmentation=list(recipe.augmentation),
+            label_smoothing=arch.recipe.label_smoothing,
+            augmentation=list(arch.recipe.augmentation),
             tensorflow_version=tf.__version__,
             keras_version=keras.__version__,
             python_version=platform.python_version(),
         ),
         validation=validation,
-        reference=reference_result,
-        notes=selection_note(arch.name, arch.description, validation.accuracy, reference_result),
+        reference=reference,
+        notes=selection_note(arch.name, arch.description, validation.accuracy, reference),
         sha256="0" * 64,  # set by write_version
         created_at=datetime.now(UTC),
     )
-    if task.name == "digits":
-        from training.rendered_digits import rendered_digits_accuracy
 
-        card.extra_evaluations["rendered_digits_accuracy"] = rendered_digits_accuracy(model)
-        log(f"accuracy on digits rendered from fonts: {card.extra_evaluations['rendered_digits_accuracy']:.4f}")
+
+def train(
+    task: Task,
+    arch: Architecture,
+    dataset: Dataset,
+    options: Options,
+    out: Path,
+    command: str,
+    reference: Path | None = None,
+    log=print,
+) -> tuple[Path, ModelCard]:
+    """Train `arch` on `dataset`, validate on the task's split, write a new version."""
+    make_deterministic(options.seed)
+    train_split, val_split = split_dataset(dataset, options.val_fraction, options.seed, task.split)
+    log(
+        f"{task.name}/{arch.name}: {len(train_split)} training, {len(val_split)} validation images "
+        f"({task.split} split), {len(dataset.class_names)} classes, input {arch.input.shape}"
+    )
+    model = compile_model(arch, len(dataset.class_names), options, len(train_split))
+    wall = fit_model(model, task, arch, train_split, val_split, options)
+    validation = metrics_for(
+        predict_probabilities(model, val_split.x), val_split.y, dataset.class_names, val_split.files
+    )
+    log(f"validation accuracy {validation.accuracy:.4f} after {wall:.0f} s")
+    reference_result = _reference_result(reference) if reference else None
+    card = build_card(
+        task, arch, dataset, (train_split, val_split), options, model, validation, wall, command, reference_result
+    )
+    card.extra_evaluations.update(extra_evaluations(task, model, arch.input, log))
     picked = np.random.default_rng(options.seed).permutation(len(val_split))[:PARITY_IMAGES]
     path = write_version(
         out,
@@ -241,29 +331,48 @@ def load_version(folder: Path) -> tuple[keras.Model, ModelCard]:
     return load_verified_model(folder / MODEL_FILE, card.sha256), card
 
 
-def evaluate(folder: Path, dataset: Dataset, log=print) -> ValidationMetrics:
+def evaluate(
+    folder: Path, dataset: Dataset, log=print, split: str | None = None, fraction: float | None = None
+) -> ValidationMetrics:
     """Accuracy, per-class accuracy and confusion matrix of a written version.
 
     Uses the dataset's test part when it has one, else the same validation split the
-    model was validated on (same seed and fraction as its card).
+    model was validated on (same seed and fraction as its card), or another `split` kind
+    (and `fraction`): e.g. an older version on a newer, stricter split. Images go through
+    the card's declared preprocessing (`input.preprocess`), exactly as the service applies it.
     """
     model, card = load_version(folder)
     if dataset.class_names != card.class_names:
         raise ValueError(
             f"dataset classes {dataset.class_names[:5]}... differ from the model's {card.class_names[:5]}..."
         )
-    if dataset.test is not None and len(dataset.test):
+    if dataset.test is not None and len(dataset.test) and split is None:
         part, which = dataset.test, "test split"
     else:
-        _, part = split_dataset(dataset, card.training.val_fraction, card.training.seed)
-        which = "validation split carved as in training"
-    metrics = metrics_for(predict_probabilities(model, part.x), part.y, card.class_names)
-    log(f"{card.name} v{card.version} on the {which} ({len(part)} images): accuracy {metrics.accuracy:.4f}")
+        kind = split or card.training.split
+        _, part = split_dataset(dataset, fraction or card.training.val_fraction, card.training.seed, kind)
+        which = f"{kind} validation split" + (" carved as in training" if kind == card.training.split else "")
+    x = part.x
+    if card.input.preprocess != "none":
+        x = np.stack(
+            [
+                image_to_array(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image), card.input)
+                for image in x
+            ]
+        )
+    metrics = metrics_for(predict_probabilities(model, x), part.y, card.class_names, part.files)
+    through = f", through its {card.input.preprocess!r} preprocessing" if card.input.preprocess != "none" else ""
+    log(f"{card.name} v{card.version} on the {which} ({len(part)} images{through}): accuracy {metrics.accuracy:.4f}")
     width = max(len(n) for n in card.class_names)
     for name, acc in metrics.per_class_accuracy.items():
         log(f"  {name:<{width}}  {acc:.4f}")
     log("confusion matrix (rows: true, columns: predicted):")
     for name, row in zip(card.class_names, metrics.confusion_matrix, strict=True):
         log(f"  {name:<{width}}  " + " ".join(f"{v:4d}" for v in row))
-    log(json.dumps({"accuracy": metrics.accuracy, "images": len(part), "part": which}))
+    if metrics.wrong_examples:
+        log(f"most confident mistakes (up to {WRONG_EXAMPLES}):")
+        for wrong in metrics.wrong_examples:
+            log(f"  {wrong.file}: {wrong.true} taken for {wrong.predicted} ({wrong.confidence:.3f})")
+    summary = {"accuracy": metrics.accuracy, "images": len(part), "part": which, "preprocess": card.input.preprocess}
+    log(json.dumps(summary))
     return metrics

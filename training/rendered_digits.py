@@ -1,8 +1,10 @@
-"""Digits drawn differently from MNIST: rendered from fonts, then framed the MNIST way.
+"""Digits as people send them: rendered from fonts, dark ink on light paper, any size.
 
-MNIST digits were scaled to fit a 20x20 box (keeping their aspect ratio) and placed in a
-28x28 image so that their centre of mass sits at the centre. Users upload digits that
-were never in MNIST; this measures how the model does on such images.
+A photo or scan of a digit is dark on light, off-centre and at any size, unlike MNIST (white
+on black, 20x20 box centred by mass in 28x28). These images measure how a digits model does
+on such input through its own declared preprocessing (`modelcard.image_to_array` with the
+card's input spec): with `preprocess: mnist` they are framed the MNIST way, without it they
+are only resized.
 """
 
 from __future__ import annotations
@@ -12,66 +14,68 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from modelcard import InputSpec, image_to_array
+
 FONT_DIRS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/Library/Fonts")]
+# Canvas sizes (width, height): none is 28x28, several are not square.
+CANVASES = ((64, 64), (120, 90), (90, 160), (300, 200))
 
 
-def mnist_frame(glyph: np.ndarray) -> np.ndarray:
-    """Frame a white-on-black grey image (any size) like MNIST: 20x20 box, centred by mass."""
-    ys, xs = np.nonzero(glyph > 0)
-    if len(ys) == 0:
-        return np.zeros((28, 28), dtype=np.uint8)
-    crop = glyph[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    h, w = crop.shape
-    scale = 20.0 / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
-    canvas = np.zeros((28, 28), dtype=np.float64)
-    mass = small.sum()
-    cy = (small.sum(axis=1) * np.arange(small.shape[0])).sum() / mass
-    cx = (small.sum(axis=0) * np.arange(small.shape[1])).sum() / mass
-    top = int(round(13.5 - cy))
-    left = int(round(13.5 - cx))
-    top = min(max(top, 0), 28 - small.shape[0])
-    left = min(max(left, 0), 28 - small.shape[1])
-    canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
-    return np.clip(canvas, 0, 255).astype(np.uint8)
-
-
-def _fonts() -> list[ImageFont.FreeTypeFont | ImageFont.ImageFont]:
-    files = sorted(
-        {p for d in FONT_DIRS if d.is_dir() for p in d.rglob("*.ttf")},
-        key=lambda p: p.name,
-    )
-    fonts: list[ImageFont.FreeTypeFont | ImageFont.ImageFont] = []
-    for file in files:
+def fonts(size: int = 96, max_fonts: int = 24) -> list[ImageFont.FreeTypeFont]:
+    """The machine's TrueType fonts (sorted by file name, up to `max_fonts`), plus Pillow's
+    bundled scalable font, which every Pillow wheel carries (so a fresh machine has one)."""
+    files = sorted({p for d in FONT_DIRS if d.is_dir() for p in d.rglob("*.ttf")}, key=lambda p: p.name)
+    found = []
+    for file in files[:max_fonts]:
         try:
-            fonts.append(ImageFont.truetype(str(file), 96))
+            found.append(ImageFont.truetype(str(file), size))
         except OSError:
             continue
-    if not fonts:  # Pillow's bundled scalable font, always there
-        fonts.append(ImageFont.load_default(size=96))
-    return fonts
+    found.append(ImageFont.load_default(size=size))
+    return found
 
 
-def render_digits(max_fonts: int = 24, angles: tuple[int, ...] = (-10, 0, 10)) -> tuple[np.ndarray, np.ndarray]:
-    """Every digit in every font (up to `max_fonts`) and angle, MNIST-framed.
+def render_digits(
+    font_list: list[ImageFont.FreeTypeFont] | None = None,
+    angles: tuple[int, ...] = (-10, 0, 10),
+    seed: int = 0,
+) -> tuple[list[Image.Image], np.ndarray]:
+    """Every digit in every font and angle, dark grey ink on light grey paper, on canvases
+    of several sizes, at a random scale (glyph 35-80% of the canvas height) and position.
 
     Returns:
-        images uint8 (N, 28, 28, 1) and labels int64 (N,).
+        grey Pillow images of various sizes, and their labels (int64).
     """
+    rng = np.random.default_rng(seed)
     images, labels = [], []
-    for font in _fonts()[:max_fonts]:
+    for font_index, font in enumerate(font_list if font_list is not None else fonts()):
         for digit in range(10):
-            canvas = Image.new("L", (160, 160), 0)
-            ImageDraw.Draw(canvas).text((80, 80), str(digit), fill=255, font=font, anchor="mm")
+            glyph = Image.new("L", (200, 200), 0)
+            ImageDraw.Draw(glyph).text((100, 100), str(digit), fill=255, font=font, anchor="mm")
             for angle in angles:
-                rotated = canvas.rotate(angle, resample=Image.Resampling.BILINEAR)
-                images.append(mnist_frame(np.asarray(rotated)))
+                rotated = glyph.rotate(angle, resample=Image.Resampling.BILINEAR)
+                box = rotated.getbbox()
+                if box is None:
+                    continue
+                ink = rotated.crop(box)
+                width, height = CANVASES[(font_index + digit + angle) % len(CANVASES)]
+                scale = rng.uniform(0.35, 0.8) * height / ink.height
+                scale = min(scale, 0.9 * width / ink.width)
+                ink = ink.resize((max(1, round(ink.width * scale)), max(1, round(ink.height * scale))))
+                paper, pen = int(rng.integers(200, 250)), int(rng.integers(0, 60))
+                canvas = Image.new("L", (width, height), paper)
+                left = int(rng.integers(0, width - ink.width + 1))
+                top = int(rng.integers(0, height - ink.height + 1))
+                canvas.paste(Image.new("L", ink.size, pen), (left, top), mask=ink)
+                images.append(canvas)
                 labels.append(digit)
-    return np.stack(images)[..., None], np.array(labels, dtype=np.int64)
+    return images, np.array(labels, dtype=np.int64)
 
 
-def rendered_digits_accuracy(model) -> float:
-    images, labels = render_digits()
-    probabilities = model.predict(images.astype(np.float32), verbose=0)
+def rendered_digits_accuracy(model, spec: InputSpec, images=None, labels=None) -> float:
+    """Accuracy of `model` on the rendered digits, each through `image_to_array(image, spec)`."""
+    if images is None:
+        images, labels = render_digits()
+    x = np.stack([image_to_array(image, spec) for image in images]).astype(np.float32)
+    probabilities = model.predict(x, verbose=0)
     return float((probabilities.argmax(axis=1) == labels).mean())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -27,18 +28,38 @@ def write_version(
     OpenVINO IR, for each exporter installed) and `parity_inputs` (real validation inputs the
     service's parity gate checks other runtimes on), written in the same hidden folder.
     """
+
+    def exports_and_parity(tmp: Path) -> dict:
+        exports = {fmt: export_model(model, tmp, fmt) for fmt in FORMATS if exporter_available(fmt) is None}
+        parity = None
+        if parity_inputs is not None and len(parity_inputs):
+            parity = write_parity_inputs(tmp, parity_inputs, card.input, parity_source)
+        return {"exports": exports, "parity_inputs": parity}
+
+    return _publish(root, card, model.save, exports_and_parity)
+
+
+def copy_version(root: Path, model_file: Path, card: ModelCard) -> Path:
+    """Publish an existing `model.keras`, byte for byte, as the next version with a new `card`
+    (e.g. the same weights with a newly declared preprocessing step). It carries no exports:
+    `python -m training export` adds them."""
+    return _publish(
+        root,
+        card,
+        lambda target: shutil.copyfile(model_file, target),
+        lambda tmp: {"exports": {}, "parity_inputs": None},
+    )
+
+
+def _publish(root: Path, card: ModelCard, save: Callable[[Path], object], extras: Callable[[Path], dict]) -> Path:
     folder = Path(root) / card.name
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        model.save(tmp / MODEL_FILE)
+        save(tmp / MODEL_FILE)
         digest = file_sha256(tmp / MODEL_FILE)
-        exports = {fmt: export_model(model, tmp, fmt) for fmt in FORMATS if exporter_available(fmt) is None}
-        parity = None
-        if parity_inputs is not None and len(parity_inputs):
-            parity = write_parity_inputs(tmp, parity_inputs, card.input, parity_source)
-        card = card.model_copy(update={"exports": exports, "parity_inputs": parity})
+        card = card.model_copy(update=extras(tmp))
         version = max(list_versions(root, card.name), default=0) + 1
         while True:
             final = card.model_copy(update={"version": version, "sha256": digest})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from training.datasets import Loader, load_catsdogs, load_fruits, load_mnist, load_signs
 
@@ -27,6 +28,15 @@ class Task:
     source: Source | None
     fill_mode: str = "reflect"  # how augmentation fills pixels it moves in
     fill_value: float = 0.0
+    split: str = "stratified"  # how validation is carved: "stratified" or "recording" (see fit.split_dataset)
+    # Figures measured on every trained model beyond validation: name -> f(model, input spec).
+    extra_evaluations: dict[str, Callable] = field(default_factory=dict)
+
+
+def _rendered_digits_accuracy(model, spec) -> float:
+    from training.rendered_digits import rendered_digits_accuracy
+
+    return rendered_digits_accuracy(model, spec)
 
 
 TASKS: dict[str, Task] = {
@@ -43,6 +53,7 @@ TASKS: dict[str, Task] = {
         ),
         fill_mode="constant",
         fill_value=0.0,
+        extra_evaluations={"rendered_digits_accuracy": _rendered_digits_accuracy},
     ),
     "fruits": Task(
         "fruits",
@@ -57,6 +68,7 @@ TASKS: dict[str, Task] = {
         ),
         fill_mode="constant",
         fill_value=255.0,
+        split="recording",  # frames of one rotating fruit are near-identical: validate on unseen recordings
     ),
     "signs": Task(
         "signs",

@@ -112,3 +112,24 @@ def catsdogs_flat(tmp_path: Path) -> Path:
     _coloured_jpegs(root / "train", (40, 40, 40), 4, size=(100, 75), prefix="cat.")
     _coloured_jpegs(root / "train", (220, 200, 180), 5, size=(75, 100), prefix="dog.")
     return root
+
+
+@pytest.fixture
+def fruits_recordings(tmp_path: Path) -> Path:
+    """A Fruits-360 folder as the dataset names its files: `<frame>_100.jpg` for the first
+    recording of a fruit, `r_<frame>_100.jpg`, `r2_<frame>_100.jpg` for further ones; one
+    class has a single recording. Each recording has its own shade, as its light differs."""
+    root = tmp_path / "fruits-360" / "Training"
+    layout = {
+        "Apple Red 1": {"": range(0, 40, 3), "r_": range(5, 60, 4), "r2_": range(100, 130, 5)},
+        "Banana": {"": range(10, 70, 5), "r_": range(0, 30, 2)},
+        "Kiwi": {"": range(0, 300, 20)},
+    }
+    for (name, recordings), colour in zip(layout.items(), FRUIT_COLOURS.values(), strict=True):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for shade, (prefix, frames) in enumerate(recordings.items()):
+            pixels = np.clip(np.array(colour) + 15 * shade, 0, 255).astype(np.uint8)
+            for frame in frames:
+                Image.fromarray(np.broadcast_to(pixels, (100, 100, 3)).copy()).save(folder / f"{prefix}{frame}_100.jpg")
+    return root.parent

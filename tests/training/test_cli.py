@@ -12,6 +12,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from modelcard import ModelCard, file_sha256, list_versions
 from training.__main__ import main
@@ -64,6 +65,7 @@ def test_train_writes_a_loadable_version_with_a_complete_card(tmp_path, request,
         assert "optimizer" not in weights, list(weights)
     if task == "digits":
         assert 0.0 <= card.extra_evaluations["rendered_digits_accuracy"] <= 1.0
+        assert card.input.preprocess == "mnist"  # digits are framed the MNIST way, in serving and evaluation
 
 
 def test_second_run_is_a_new_version_and_keeps_the_first(tmp_path, signs_h5):
@@ -92,6 +94,7 @@ def test_evaluate_reports_accuracy_and_confusion(tmp_path, mnist_npz, capsys):
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["images"] == 20 and summary["part"] == "test split"
+    assert summary["preprocess"] == "mnist"  # evaluated through the framing, as served
     assert "confusion matrix" in out
 
 
@@ -158,3 +161,50 @@ def test_download_offline_says_where_to_put_the_files(tmp_path, capsys):
 def test_download_without_pinned_checksum_is_refused(tmp_path, capsys):
     assert main(["train", "catsdogs", "--data", str(tmp_path / "d"), "--download"]) == 2
     assert "no checksum is pinned" in capsys.readouterr().err
+
+
+def test_fruits_validate_on_recordings_never_seen_in_training(tmp_path, fruits_recordings, capsys):
+    folder, card = _train(tmp_path, "fruits", fruits_recordings)
+    assert card.training.split == "recording" and "whole recordings" in card.data.validation_source
+    assert sum(card.data.validation_counts.values()) == np.array(card.validation.confusion_matrix).sum()
+    capsys.readouterr()
+    # the same version on the stratified split, then on its own (recording) split
+    assert (
+        main(["evaluate", "fruits", "--model", str(folder), "--data", str(fruits_recordings), "--split", "stratified"])
+        == 0
+    )
+    stratified = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["evaluate", "fruits", "--model", str(folder), "--data", str(fruits_recordings)]) == 0
+    own = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert own["part"] == "recording validation split carved as in training"
+    assert own["images"] == sum(card.data.validation_counts.values())
+    assert stratified["part"] == "stratified validation split" and stratified["images"] != own["images"]
+
+
+def _smooth_photos(folder: Path, prefix: str, seeds: range) -> None:
+    """Distinct images with structure (a random 6x6 pattern, enlarged), as photos have."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        pattern = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(pattern).resize((120, 90), Image.Resampling.BICUBIC).save(folder / f"{prefix}.{seed}.jpg")
+
+
+def test_check_split_finds_a_copy_across_the_split(tmp_path, capsys):
+    root = tmp_path / "catsdogs"
+    _smooth_photos(root / "train" / "cats", "cat", range(0, 10))
+    _smooth_photos(root / "train" / "dogs", "dog", range(100, 110))
+    assert main(["check-split", "catsdogs", "--data", str(root)]) == 0
+    assert capsys.readouterr().out.startswith("0 near-duplicate pair(s)")
+    cats = root / "train" / "cats"
+    # a resized, re-encoded copy of every cat: whichever side each lands on, some pair spans the split
+    for file in sorted(cats.iterdir()):
+        Image.open(file).resize((100, 75)).save(cats / f"cat.{50 + int(file.stem.split('.')[1])}.jpg", quality=70)
+    assert main(["check-split", "catsdogs", "--data", str(root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.split("bits")[1].count("cats/cat.") == 2 for line in out[:-1]) and len(out) > 1
+    assert out[-1].startswith(f"{len(out) - 1} near-duplicate pair(s)")
+
+
+def test_the_split_can_be_chosen_for_a_run(tmp_path, fruits_recordings):
+    _, card = _train(tmp_path, "fruits", fruits_recordings, "--split", "stratified")
+    assert card.training.split == "stratified" and card.data.validation_source.startswith("stratified 20%")
