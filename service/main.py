@@ -45,21 +45,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         inference_executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        inspection_executor = ThreadPoolExecutor(settings.inspection_threads, thread_name_prefix="inspection")
         registry = ModelRegistry(settings, metrics, inference_executor)
         cache = InputCache(settings.input_cache_ttl_seconds, settings.input_cache_max_bytes)
         app.state.registry = registry
         app.state.inference_executor = inference_executor
         app.state.input_cache = cache
         app.state.predictor = Predictor(
-            registry, cache, metrics, decode_executor, settings.max_image_pixels, settings.max_top_k
+            registry,
+            cache,
+            metrics,
+            decode_executor,
+            settings.max_image_pixels,
+            settings.max_top_k,
+            settings.max_image_aspect_ratio,
+            settings.max_decode_bytes,
         )
         app.state.inspector = Inspector(
             registry,
             cache,
             app.state.predictor,
-            inference_executor,
-            decode_executor,  # encoding activations is CPU work of the same kind as decoding images
+            inspection_executor,
             settings.max_activation_response_bytes,
+            settings.max_inspections_in_flight,
+            settings.retry_after_seconds,
+            metrics,
         )
         await registry.start()
         try:
@@ -68,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.stop()  # serves what is queued, then stops the batchers
             inference_executor.shutdown(wait=False, cancel_futures=True)
             decode_executor.shutdown(wait=False, cancel_futures=True)
+            inspection_executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="keras-serve", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
