@@ -102,7 +102,7 @@ def image_to_input(image: Image.Image, spec: InputSpec, max_decode_bytes: int | 
     Images up to `REDUCE_ABOVE_PIXELS` go through exactly the preprocessing training used. Larger
     ones are first shrunk (JPEG DCT scaling, then area averaging: `shrink_for_decoding`) so that the memory and CPU
     they cost follow the model's input size rather than the upload's: the result differs from
-    resizing the full image in one step by at most a grey level or two (see the tests).
+    resizing the full image in one step by at most 3 grey levels, 0.3 on average (see the tests).
 
     Args:
         image: from `open_image`; closed on return.
@@ -145,7 +145,7 @@ def image_to_input(image: Image.Image, spec: InputSpec, max_decode_bytes: int | 
 REDUCE_ABOVE_PIXELS = 4_000_000
 # What shrinking leaves for the training resize to do: no less than this many times the
 # model's input on each side (Pillow's own `reducing_gap` idea; measured on 6000x4000 images
-# against the one-step resize: at most 2 grey levels apart, 0.3 on average).
+# against the one-step resize: at most 3 grey levels apart, 0.3 on average).
 REDUCING_GAP = 4
 
 

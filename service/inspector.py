@@ -185,8 +185,12 @@ class Inspector:
         values = len(batch) * sum(probe.layers[name].values for name in names)
         estimate = rendering.estimated_bytes(values, len(names), query.format, query.encoding)
         self._check_size(estimate, _activations_hint(query))
+        if query.format == "json" and query.encoding == "list" and len(batch) > 1:
+            # text size depends on the values: the first image's, times the images, before computing the rest
+            first = await self._infer(probe, batch[:1], names)
+            self._check_size(len(batch) * await self._render(_list_bytes, first.values()), _activations_hint(query))
         arrays = await self._infer(probe, batch, names)
-        if query.format == "json" and query.encoding == "list":  # text size depends on the values: sized now
+        if query.format == "json" and query.encoding == "list":  # and all of them, before any text is built
             self._check_size(await self._render(_list_bytes, arrays.values()), _activations_hint(query))
         if query.format == "npz":
             content = await self._render(rendering.npz_bytes, arrays)
