@@ -16,7 +16,7 @@ from service.config import Settings
 from service.errors import install_error_handlers
 from service.inference import configure_tensorflow_threads
 from service.input_cache import InputCache
-from service.inspector import EXPOSED_HEADERS, Inspector
+from service.inspector import EXPOSED_HEADERS, Inspector, lower_thread_priority
 from service.metrics import Metrics
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from service.predictor import Predictor
@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         inference_executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        inspection_executor = ThreadPoolExecutor(settings.inspection_threads, thread_name_prefix="inspection")
+        inspection_executor = ThreadPoolExecutor(
+            settings.inspection_threads, thread_name_prefix="inspection", initializer=lower_thread_priority
+        )
         registry = ModelRegistry(settings, metrics, inference_executor)
         cache = InputCache(settings.input_cache_ttl_seconds, settings.input_cache_max_bytes)
         app.state.registry = registry
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_inspections_in_flight,
             settings.retry_after_seconds,
             metrics,
+            settings.inspection_duty_cycle,
         )
         await registry.start()
         try:
