@@ -3,11 +3,17 @@
 One `ActivationProbe` per loaded model version. At load time it builds one Keras model whose
 outputs are every layer's output (the probe; it shares the classifier's layers and weights,
 so it costs no memory for weights), and compiles and warms the function returning all of
-them. A request for some layers runs a function returning only those: TensorFlow prunes the
-ops their outputs do not depend on, so `conv1` of an 11-conv model costs the layers up to
-`conv1`, not the whole network. Those functions are traced on a layer set's first use and kept
-in a small LRU per version; the all-layer one is never evicted. No Keras model is ever built
-on a request, and `model.predict` is never called.
+them and the Grad-CAM function for the last convolution: the shapes most requests ask for.
+
+A request for some layers is served by slicing the all-layer function's outputs until that
+layer set has been asked for `COMPILE_AFTER` times; then a function returning only those
+layers is compiled (TensorFlow prunes the ops their outputs do not depend on, so `conv1` of an
+11-conv model costs the layers up to `conv1`). Compiling takes hundreds of milliseconds, tens
+of all-layer runs (`bench/bench_activations.py`), so a one-off set never pays for it, and at
+most `cache_size` sets are ever compiled per version: a client cycling `?layers=` cannot keep
+TensorFlow tracing. Grad-CAM on any other layer uses one function (compiled on first use)
+that weights every spatial layer in one backward pass. No Keras model is ever built on a
+request, and `model.predict` is never called.
 
 The input layer (`image`) counts as a layer: its activation is the input itself, the raw
 pixels the model receives (before its own Rescaling), as float32. It is served without a
@@ -32,6 +38,11 @@ from modelcard import InputSpec
 from service.errors import UnknownLayer, UnsuitableLayer
 
 log = logging.getLogger(__name__)
+
+# Requests for one layer set before it gets a compiled function of its own.
+COMPILE_AFTER = 3
+# Layer sets whose requests are counted (a cycling client cannot grow the counts without bound).
+_COUNTED_SETS = 256
 
 
 @dataclass(frozen=True)
@@ -89,8 +100,9 @@ class ActivationProbe:
         model: the loaded Keras functional model (single image input).
         spec: its input spec.
         max_batch_size: most images per model call; larger batches run in chunks.
-        cache_size: layer-set functions kept besides the all-layer one; 0 serves every request
-            from the all-layer function.
+        cache_size: layer-set functions compiled at most per version besides the all-layer
+            one (never evicted, so never compiled twice); 0 serves every request from the
+            all-layer function.
     """
 
     def __init__(self, model: keras.Model, spec: InputSpec, max_batch_size: int, cache_size: int) -> None:
@@ -126,8 +138,14 @@ class ActivationProbe:
         self._lock = threading.Lock()
         self._all = tuple(self._index)
         self._all_function = self._compile(self._all)
-        self._functions: OrderedDict[tuple[str, ...], tf.types.experimental.ConcreteFunction] = OrderedDict()
-        self._gradcam_functions: dict[str, tf.types.experimental.ConcreteFunction] = {}
+        self._functions: dict[tuple[str, ...], tf.types.experimental.ConcreteFunction] = {}
+        self._requests: OrderedDict[tuple[str, ...], int] = OrderedDict()  # uncompiled sets asked for
+        self._spatial_after_input = [
+            name for name in self._index if self.layers[name].spatial and name not in self._input_names
+        ]
+        self._gradcam_default: tf.types.experimental.ConcreteFunction | None = None
+        self._gradcam_any: tf.types.experimental.ConcreteFunction | None = None
+        self.compilations = 1  # functions traced for this version, the all-layer one included
 
     # ------------------------------------------------------------------ layers
 
@@ -185,24 +203,39 @@ class ActivationProbe:
         return tf.function(run, input_signature=[self._signature], autograph=False).get_concrete_function()
 
     def _function_for(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], tf.types.experimental.ConcreteFunction]:
-        """The compiled function for a set of (non-input) layers, and the order of its outputs."""
+        """The function to run for a set of (non-input) layers, and the order of its outputs.
+
+        Either the set's own compiled function, or the all-layer one (whose outputs the caller
+        slices): a set gets its own after `COMPILE_AFTER` requests while fewer than `cache_size`
+        sets have one.
+        """
         key = tuple(sorted(names, key=self._index.__getitem__))  # "a,b" and "b,a" share one function
         if key == self._all or self.cache_size == 0:
             return self._all, self._all_function
         with self._lock:
             function = self._functions.get(key)
             if function is not None:
-                self._functions.move_to_end(key)
                 return key, function
-            function = self._compile(key)  # traced once per distinct layer set, under the lock
+            if len(self._functions) >= self.cache_size:
+                return self._all, self._all_function
+            asked = self._requests.pop(key, 0) + 1
+            if asked < COMPILE_AFTER:
+                self._requests[key] = asked
+                while len(self._requests) > _COUNTED_SETS:
+                    self._requests.popitem(last=False)
+                return self._all, self._all_function
+            function = self._compile(key)  # traced once per popular layer set, under the lock
             self._functions[key] = function
-            while len(self._functions) > self.cache_size:
-                self._functions.popitem(last=False)
+            self.compilations += 1
             return key, function
 
     def warm(self) -> None:
-        """Run the all-layer function once, so the first request finds its kernels chosen."""
-        self._all_function(tf.zeros((1, *self.spec.shape), tf.float32))
+        """Run the all-layer function, and compile and run Grad-CAM on the last convolution, so
+        the requests most clients make find their functions traced and their kernels chosen."""
+        zeros = tf.zeros((1, *self.spec.shape), tf.float32)
+        self._all_function(zeros)
+        if self._convolutions:
+            self._gradcam_function(self.default_gradcam_layer())(zeros, tf.constant(-1, tf.int32))
 
     def __call__(self, images: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The outputs of layers `names` for a batch.
@@ -219,13 +252,15 @@ class ActivationProbe:
         computed: dict[str, np.ndarray] = {}
         if wanted:
             order, function = self._function_for(tuple(wanted))
+            asked = set(wanted)
+            keep = [position for position, name in enumerate(order) if name in asked]
             chunks = []
             for start in range(0, len(batch), self.max_batch_size):
                 outputs = function(tf.constant(batch[start : start + self.max_batch_size]))
-                chunks.append([output.numpy() for output in outputs])
-            for position, name in enumerate(order):
-                parts = [chunk[position] for chunk in chunks]
-                computed[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                chunks.append([outputs[position].numpy() for position in keep])  # only what was asked for
+            for column, position in enumerate(keep):
+                parts = [chunk[column] for chunk in chunks]
+                computed[order[position]] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return {name: batch if name in self._input_names else computed[name] for name in names}
 
     # ------------------------------------------------------------------ kernels
@@ -293,23 +328,31 @@ class ActivationProbe:
         return self._convolutions[-1]
 
     def _gradcam_function(self, name: str) -> tf.types.experimental.ConcreteFunction:
+        """The default layer's own function, or the one weighting every spatial layer at once
+        (its outputs then hold one heatmap per layer): at most two Grad-CAM functions per version."""
+        default = self._convolutions[-1] if self._convolutions else None
         with self._lock:
-            function = self._gradcam_functions.get(name)
-            if function is None:  # one per layer asked about: bounded by the model's layer count
-                function = self._compile_gradcam(name)
-                self._gradcam_functions[name] = function
-            return function
+            if name == default:
+                if self._gradcam_default is None:
+                    self._gradcam_default = self._compile_gradcam([name])
+                    self.compilations += 1
+                return self._gradcam_default
+            if self._gradcam_any is None:
+                self._gradcam_any = self._compile_gradcam(self._spatial_after_input)
+                self.compilations += 1
+            return self._gradcam_any
 
-    def _compile_gradcam(self, name: str) -> tf.types.experimental.ConcreteFunction:
-        probe, target, final_position = self._probe, self._index[name], self._index[self._output_name]
+    def _compile_gradcam(self, names: list[str]) -> tf.types.experimental.ConcreteFunction:
+        probe, final_position = self._probe, self._index[self._output_name]
+        targets = [self._index[name] for name in names]
         score = self._score
         logits_position = self._index[score[0]] if score else None
         dense = score[1] if score else None
 
-        def run(image: tf.Tensor, class_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def run(image: tf.Tensor, class_index: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 outputs = probe(image, training=False)
-                features = tf.cast(outputs[target], tf.float32)
+                features = [tf.cast(outputs[target], tf.float32) for target in targets]
                 probabilities = tf.cast(outputs[final_position], tf.float32)
                 chosen = tf.where(class_index < 0, tf.argmax(probabilities[0], output_type=tf.int32), class_index)
                 if logits_position is None:
@@ -319,12 +362,13 @@ class ActivationProbe:
                 else:
                     scores = tf.matmul(tf.cast(outputs[logits_position], tf.float32), dense.kernel) + dense.bias
                 score_of_class = scores[0, chosen]
-            gradients = tape.gradient(score_of_class, features)
-            if gradients is None:  # the class score does not depend on this layer
-                gradients = tf.zeros_like(features)
-            weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # one per feature map
-            heatmap = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
-            return heatmap, probabilities[0], chosen
+            heatmaps = []
+            for feature, gradient in zip(features, tape.gradient(score_of_class, features), strict=True):
+                if gradient is None:  # the class score does not depend on this layer
+                    gradient = tf.zeros_like(feature)
+                weights = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)  # one per feature map
+                heatmaps.append(tf.nn.relu(tf.reduce_sum(feature * weights, axis=-1))[0])
+            return heatmaps, probabilities[0], chosen
 
         signature = [self._signature, tf.TensorSpec((), tf.int32, name="class_index")]
         return tf.function(run, input_signature=signature, autograph=False).get_concrete_function()
@@ -351,8 +395,9 @@ class ActivationProbe:
         function = self._gradcam_function(name)
         batch = tf.constant(np.asarray(image, np.float32)[None])
         chosen = tf.constant(-1 if class_index is None else class_index, tf.int32)
-        heatmap, probabilities, index = function(batch, chosen)
-        heatmap = heatmap.numpy()
+        heatmaps, probabilities, index = function(batch, chosen)
+        position = 0 if len(heatmaps) == 1 else self._spatial_after_input.index(name)
+        heatmap = heatmaps[position].numpy()
         peak = float(heatmap.max()) if heatmap.size else 0.0
         scaled = heatmap / peak if peak > 0 else np.zeros_like(heatmap)
         return GradCam(name, int(index.numpy()), probabilities.numpy(), scaled.astype(np.float32), peak)

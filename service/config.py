@@ -123,6 +123,23 @@ class Settings(BaseSettings):
             return None
         return value
 
+    # isolation: inspection and large decodes cannot starve predictions
+    inspection_threads: int = Field(
+        1, gt=0, description="threads running activations, kernels and Grad-CAM (model calls and encoding)"
+    )
+    max_inspections_in_flight: int = Field(
+        4, gt=0, description="activations/kernels/Grad-CAM requests running or waiting at once; beyond it 503"
+    )
+    inspection_duty_cycle: float = Field(
+        0.5, gt=0, le=1, description="share of wall time the inspection threads may work; they rest the rest"
+    )
+    max_image_aspect_ratio: float = Field(
+        50.0, ge=1, description="longest image side over the shortest; beyond it 422 (before decoding)"
+    )
+    max_decode_bytes: int = Field(
+        256 * MiB, gt=0, description="memory one image may take to decode (after JPEG draft scaling); beyond it 413"
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

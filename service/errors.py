@@ -133,6 +133,12 @@ class QueueFull(ServiceError):
         super().__init__(message, headers={"Retry-After": str(retry_after_seconds)})
 
 
+class ClientGone(ServiceError):
+    """The client hung up before its answer was ready: work for it stops (nginx's 499; nobody reads it)."""
+
+    status_code, code = 499, "client_closed_request"
+
+
 class InferenceFailed(ServiceError):
     status_code, code = 500, "inference_failed"
 

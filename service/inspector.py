@@ -1,9 +1,12 @@
 """From a prediction id (or uploaded images) to activations, kernels or Grad-CAM, as response bytes.
 
 The activations counterpart of `Predictor`, and like it free of HTTP: the routers hand over
-what the request asked for and get back bytes, a media type and headers. Model calls run on
-the inference executor (the threads the batchers use); encoding runs on the render executor;
-the event loop only checks and routes. Every answer is held to one byte budget
+what the request asked for and get back bytes, a media type and headers. Inspection has a
+capacity of its own, apart from predictions: its model calls and encoding run on its own
+executor (`inspection_threads`, default one thread, so it takes at most one core's worth of
+Python from the batchers), and at most `max_inspections_in_flight` requests run or wait for
+it; beyond that a request gets 503 with Retry-After at once, counted in `/metrics`. The event
+loop only checks and routes. Every answer is held to one byte budget
 (`max_activation_response_bytes`): what can be sized from layer shapes alone is refused before
 anything is computed, the rest once encoded.
 """
@@ -11,7 +14,12 @@ anything is computed, the rest once encoded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,14 +33,28 @@ from service.errors import (
     BadRequest,
     ModelNotFound,
     PredictionNotFound,
+    QueueFull,
     ResponseTooLarge,
     VersionNotFound,
 )
 from service.input_cache import CachedInput, InputCache
+from service.metrics import Metrics
 from service.predictor import Predictor
 from service.registry import ModelRegistry, ModelVersion
 
+log = logging.getLogger(__name__)
+
 Format = Literal["json", "npz", "png"]
+
+
+def lower_thread_priority() -> None:
+    """Give the calling thread a nice of 10 (Linux: per thread), so that on a busy CPU its Python
+    work (encoding, slicing) yields to the event loop and the batchers."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError) as error:  # not Linux, or not allowed: run at normal priority
+        log.debug("inspection threads keep their priority: %s", error)
+
 
 # Response headers a browser on another origin may read (CORS), besides the body.
 EXPOSED_HEADERS = (
@@ -83,9 +105,14 @@ class Inspector:
         registry: resolves model names and versions.
         cache: the inputs of recent predictions, by id.
         predictor: decodes uploaded images and issues ids for them.
-        inference_executor: where model calls run.
-        render_executor: where encoding (base64, npz, PNG) runs.
+        executor: where model calls and encoding (base64, npz, PNG) run; not the batchers' one.
         max_response_bytes: the largest body any of these answers may have.
+        max_in_flight: requests that may run or wait for the executor at once.
+        retry_after_seconds: sent with the 503 beyond `max_in_flight`.
+        metrics: where requests in flight and refused are counted.
+        duty_cycle: the share of wall time an inspection thread may work: after a step that took
+            t seconds it rests t * (1 / duty_cycle - 1), holding its place, so hammering clients
+            meet the in-flight limit (503) instead of taking the CPU from predictions.
     """
 
     def __init__(
@@ -93,16 +120,45 @@ class Inspector:
         registry: ModelRegistry,
         cache: InputCache,
         predictor: Predictor,
-        inference_executor: Executor,
-        render_executor: Executor,
+        executor: Executor,
         max_response_bytes: int,
+        max_in_flight: int,
+        retry_after_seconds: int,
+        metrics: Metrics,
+        duty_cycle: float = 1.0,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.predictor = predictor
-        self._inference_executor = inference_executor
-        self._render_executor = render_executor
+        self._executor = executor
         self.max_response_bytes = max_response_bytes
+        self.max_in_flight = max_in_flight
+        self.retry_after_seconds = retry_after_seconds
+        self.metrics = metrics
+        self.duty_cycle = duty_cycle
+        self._in_flight = 0
+
+    @contextlib.contextmanager
+    def _admitted(self, kind: str) -> Iterator[None]:
+        """Hold one of the `max_in_flight` places (the event loop is the only caller: no lock).
+
+        Raises:
+            QueueFull: every place is taken.
+        """
+        if self._in_flight >= self.max_in_flight:
+            self.metrics.inspections_refused.labels(kind).inc()
+            raise QueueFull(
+                f"{self.max_in_flight} activations/kernels/Grad-CAM requests are already in progress; "
+                "retry later (predictions are not affected)",
+                self.retry_after_seconds,
+            )
+        self._in_flight += 1
+        self.metrics.inspections_in_flight.set(self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self.metrics.inspections_in_flight.set(self._in_flight)
 
     # ------------------------------------------------------------------ activations
 
@@ -116,19 +172,29 @@ class Inspector:
         """
         cached, entry = self._lookup(prediction_id)
         batch = np.asarray(cached.array, np.float32)[None]
-        return await self._activations(entry, batch, [prediction_id], query)
+        with self._admitted("activations"):
+            return await self._activations(entry, batch, [prediction_id], query)
 
     async def activations_of_inputs(
-        self, name: str, inputs: Sequence[bytes | Any], version: int | None, query: ActivationsQuery
+        self,
+        name: str,
+        inputs: Sequence[bytes | Any],
+        version: int | None,
+        query: ActivationsQuery,
+        gone: Callable[[], Any] | None = None,
     ) -> Rendered:
-        """The activations of uploaded images (file bytes or pixel arrays), each given an id as by `/predict`."""
+        """The activations of uploaded images (file bytes or pixel arrays), each given an id as by `/predict`.
+
+        `gone` is `Predictor.prepare`'s: decoding stops for a client that has hung up.
+        """
         entry = self.registry.resolve(name, version)
         self._probe(entry)
         assert entry.card is not None  # resolve() returns ready versions only
-        arrays = await self.predictor.prepare(inputs, entry.card.input)
-        ids = self.predictor.remember(entry, arrays)
-        batch = np.stack([np.asarray(array, np.float32) for array in arrays])
-        return await self._activations(entry, batch, ids, query)
+        with self._admitted("activations"):
+            arrays = await self.predictor.prepare(inputs, entry.card.input, gone)
+            ids = self.predictor.remember(entry, arrays)
+            batch = np.stack([np.asarray(array, np.float32) for array in arrays])
+            return await self._activations(entry, batch, ids, query)
 
     async def _activations(
         self, entry: ModelVersion, batch: np.ndarray, ids: list[str], query: ActivationsQuery
@@ -141,7 +207,13 @@ class Inspector:
         values = len(batch) * sum(probe.layers[name].values for name in names)
         estimate = rendering.estimated_bytes(values, len(names), query.format, query.encoding)
         self._check_size(estimate, _activations_hint(query))
+        if query.format == "json" and query.encoding == "list" and len(batch) > 1:
+            # text size depends on the values: the first image's, times the images, before computing the rest
+            first = await self._infer(probe, batch[:1], names)
+            self._check_size(len(batch) * await self._render(_list_bytes, first.values()), _activations_hint(query))
         arrays = await self._infer(probe, batch, names)
+        if query.format == "json" and query.encoding == "list":  # and all of them, before any text is built
+            self._check_size(await self._render(_list_bytes, arrays.values()), _activations_hint(query))
         if query.format == "npz":
             content = await self._render(rendering.npz_bytes, arrays)
             headers["Content-Disposition"] = f'attachment; filename="activations-{ids[0]}.npz"'
@@ -182,7 +254,13 @@ class Inspector:
     # ------------------------------------------------------------------ kernels
 
     async def kernels(
-        self, name: str, layer: str, version: int | None, format: Format, encoding: Encoding, scale: int | None
+        self,
+        name: str,
+        layer: str,
+        version: int | None,
+        format: Literal["png", "json"],
+        encoding: Encoding,
+        scale: int | None,
     ) -> Rendered:
         """A Conv2D layer's learned kernels: a PNG grid, or the kernel and bias arrays.
 
@@ -192,6 +270,18 @@ class Inspector:
         """
         entry = self.registry.resolve(name, version)
         probe = self._probe(entry)
+        with self._admitted("kernels"):
+            return await self._kernels(entry, probe, layer, format, encoding, scale)
+
+    async def _kernels(
+        self,
+        entry: ModelVersion,
+        probe: ActivationProbe,
+        layer: str,
+        format: Literal["png", "json"],
+        encoding: Encoding,
+        scale: int | None,
+    ) -> Rendered:
         kernel, bias = await self._render(probe.kernels, layer)  # reads TF variables: off the event loop
         headers = _headers(entry, [])
         if format == "png":
@@ -199,11 +289,11 @@ class Inspector:
             picture = await self._render(rendering.kernel_grid, kernel, scale)
             self._check_size(len(picture.png), "use a smaller ?scale or format=json")
             return Rendered(picture.png, rendering.PNG, {**headers, **_grid_headers(picture)})
-        if format != "json":
-            raise BadRequest("kernels come as format=png or format=json")
         values = kernel.size + (0 if bias is None else bias.size)
         hint = "use encoding=base64" if encoding == "list" else "this layer is too large to send"
         self._check_size(rendering.estimated_bytes(values, 2, "json", encoding), hint)
+        if encoding == "list":
+            self._check_size(await self._render(_list_bytes, [kernel] if bias is None else [kernel, bias]), hint)
         fields = {"model": entry.name, "version": entry.version, "layer": layer, "type": probe.layers[layer].type}
         content = await self._render(_kernels_json, fields, kernel, bias, encoding)
         self._check_size(len(content), hint)
@@ -216,7 +306,7 @@ class Inspector:
         prediction_id: str,
         label: str | None,
         layer: str | None,
-        format: Format,
+        format: Literal["png", "json"],
         encoding: Encoding,
         scale: int | None,
     ) -> Rendered:
@@ -244,10 +334,23 @@ class Inspector:
             height, width = cached.array.shape[:2]
             side = scale or rendering.overlay_scale((height, width))
             self._check_size(height * width * side * side * 3, "use a smaller ?scale")
-        elif format != "json":
-            raise BadRequest("Grad-CAM comes as format=png or format=json")
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._inference_executor, probe.gradcam, cached.array, layer, class_index)
+        with self._admitted("gradcam"):
+            return await self._gradcam(cached, entry, probe, prediction_id, layer, class_index, format, encoding, scale)
+
+    async def _gradcam(
+        self,
+        cached: CachedInput,
+        entry: ModelVersion,
+        probe: ActivationProbe,
+        prediction_id: str,
+        layer: str | None,
+        class_index: int | None,
+        format: Literal["png", "json"],
+        encoding: Encoding,
+        scale: int | None,
+    ) -> Rendered:
+        classes = entry.card.class_names
+        result = await self._render(probe.gradcam, cached.array, layer, class_index)
         headers = {
             **_headers(entry, [prediction_id]),
             "X-Layer": result.layer,
@@ -266,6 +369,8 @@ class Inspector:
             "probability": rendering.short_float(result.probabilities[result.class_index]),
             "peak": rendering.short_float(result.peak),
         }
+        if encoding == "list":
+            self._check_size(await self._render(_list_bytes, [result.heatmap]), "use encoding=base64")
         content = await self._render(_gradcam_json, fields, result.heatmap, encoding)
         self._check_size(len(content), "use encoding=base64")
         return Rendered(content, rendering.JSON, headers)
@@ -302,12 +407,20 @@ class Inspector:
             )
 
     async def _infer(self, probe: ActivationProbe, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._inference_executor, probe, batch, names)
+        return await self._render(probe, batch, names)
 
     async def _render(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run `function` on the inspection executor (model calls and encoding alike)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._render_executor, function, *args)
+        return await loop.run_in_executor(self._executor, self._paced, function, *args)
+
+    def _paced(self, function: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            if self.duty_cycle < 1:
+                time.sleep((time.perf_counter() - started) * (1 / self.duty_cycle - 1))
 
 
 def _headers(entry: ModelVersion, ids: list[str]) -> dict[str, str]:
@@ -325,6 +438,10 @@ def _activations_hint(query: ActivationsQuery) -> str:
     if query.format == "npz":
         return "ask for fewer layers (?layers=a,b) or fewer images"
     return "ask for fewer layers (?layers=a,b) or use format=npz (raw float32, a third smaller than base64)"
+
+
+def _list_bytes(arrays: Iterable[np.ndarray]) -> int:
+    return sum(rendering.list_text_bytes(array) for array in arrays)
 
 
 def _activations_json(fields: dict, arrays: dict[str, np.ndarray], types: dict[str, str], encoding: str) -> bytes:

@@ -20,7 +20,7 @@ from service.errors import install_error_handlers
 from service.heap import freeze_when_loaded
 from service.inference import configure_tensorflow_threads
 from service.input_cache import InputCache
-from service.inspector import EXPOSED_HEADERS, Inspector
+from service.inspector import EXPOSED_HEADERS, Inspector, lower_thread_priority
 from service.metrics import Metrics
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from service.predictor import Predictor
@@ -51,21 +51,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         inference_executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        inspection_executor = ThreadPoolExecutor(
+            settings.inspection_threads, thread_name_prefix="inspection", initializer=lower_thread_priority
+        )
         registry = ModelRegistry(settings, metrics, inference_executor)
         cache = InputCache(settings.input_cache_ttl_seconds, settings.input_cache_max_bytes)
         app.state.registry = registry
         app.state.inference_executor = inference_executor
         app.state.input_cache = cache
         app.state.predictor = Predictor(
-            registry, cache, metrics, decode_executor, settings.max_image_pixels, settings.max_top_k
+            registry,
+            cache,
+            metrics,
+            decode_executor,
+            settings.max_image_pixels,
+            settings.max_top_k,
+            settings.max_image_aspect_ratio,
+            settings.max_decode_bytes,
         )
         app.state.inspector = Inspector(
             registry,
             cache,
             app.state.predictor,
-            inference_executor,
-            decode_executor,  # encoding activations is CPU work of the same kind as decoding images
+            inspection_executor,
             settings.max_activation_response_bytes,
+            settings.max_inspections_in_flight,
+            settings.retry_after_seconds,
+            metrics,
+            settings.inspection_duty_cycle,
         )
         if settings.api_key is None:
             log.warning("no API_KEY set: the service is open, every route answers anyone who can reach this port")
@@ -83,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.stop()  # serves what is queued, then stops the batchers
             inference_executor.shutdown(wait=False, cancel_futures=True)
             decode_executor.shutdown(wait=False, cancel_futures=True)
+            inspection_executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="keras-serve",

@@ -68,6 +68,15 @@ class Metrics:
         )
         self._runtime_labels: dict[tuple[str, int], tuple[str, str]] = {}
         self.input_cache_bytes = Gauge("input_cache_bytes", "bytes held by the recent-inputs cache", registry=r)
+        self.inspections_in_flight = Gauge(
+            "inspections_in_flight", "activations/kernels/Grad-CAM requests running or waiting", registry=r
+        )
+        self.inspections_refused = Counter(
+            "inspections_refused",
+            "activations/kernels/Grad-CAM requests refused with 503: too many in flight",
+            ["kind"],
+            registry=r,
+        )
 
         self._request_children: dict[tuple[str, str, str], tuple] = {}
         self._prediction_children: dict[tuple[str, int], tuple] = {}

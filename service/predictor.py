@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
 from modelcard import InputSpec
-from service.errors import InvalidInput
+from service.errors import ClientGone, InvalidInput
 from service.images import image_to_input, open_image, pixels_to_input
 from service.input_cache import InputCache
 from service.metrics import Metrics
@@ -37,9 +37,12 @@ class Predictor:
         registry: resolves model names and versions.
         cache: where each prediction's input is kept by id.
         metrics: prediction latency and image counts.
-        decode_executor: threads that decode large images.
+        decode_executor: threads that decode large images (a bounded pool of their own, so a
+            heavy upload waits there instead of taking the CPU from every model's predictions).
         max_image_pixels: decompression-bomb limit, checked from the header.
         max_top_k: largest `top_k` accepted.
+        max_aspect_ratio: longest side over shortest accepted, checked from the header.
+        max_decode_bytes: memory one image may take to decode.
     """
 
     def __init__(
@@ -50,6 +53,8 @@ class Predictor:
         decode_executor: Executor,
         max_image_pixels: int,
         max_top_k: int,
+        max_aspect_ratio: float | None = None,
+        max_decode_bytes: int | None = None,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -57,25 +62,52 @@ class Predictor:
         self._decode_executor = decode_executor
         self.max_image_pixels = max_image_pixels
         self.max_top_k = max_top_k
+        self.max_aspect_ratio = max_aspect_ratio
+        self.max_decode_bytes = max_decode_bytes
 
-    async def prepare(self, inputs: Sequence[bytes | Any], spec: InputSpec) -> list[np.ndarray]:
-        """Each input (image file bytes, or a pixel array as nested lists) as a model input array."""
+    async def prepare(
+        self, inputs: Sequence[bytes | Any], spec: InputSpec, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> list[np.ndarray]:
+        """Each input (image file bytes, or a pixel array as nested lists) as a model input array.
+
+        Args:
+            inputs: image file bytes, or pixel arrays as nested lists.
+            spec: the model's input spec.
+            gone: answers True once the client has hung up; checked before each large decode
+                (a decode in progress runs to its end, bounded by `max_decode_bytes`).
+
+        Raises:
+            ClientGone: `gone` said so; nothing more is decoded.
+        """
         loop = asyncio.get_running_loop()
         arrays = []
         for item in inputs:
             if isinstance(item, bytes | bytearray | memoryview):
-                image = open_image(bytes(item), self.max_image_pixels)
+                image = open_image(bytes(item), self.max_image_pixels, self.max_aspect_ratio)
                 width, height = image.size
                 if width * height <= _INLINE_DECODE_PIXELS:
-                    arrays.append(image_to_input(image, spec))
-                else:
-                    arrays.append(await loop.run_in_executor(self._decode_executor, image_to_input, image, spec))
+                    arrays.append(image_to_input(image, spec, self.max_decode_bytes))
+                    continue
+                if gone is not None and await gone():
+                    image.close()
+                    raise ClientGone("the client hung up before its images were decoded")
+                arrays.append(
+                    await loop.run_in_executor(
+                        self._decode_executor, image_to_input, image, spec, self.max_decode_bytes
+                    )
+                )
             else:
                 arrays.append(pixels_to_input(item, spec))
         return arrays
 
     async def predict(
-        self, name: str, inputs: Sequence[bytes | Any], *, version: int | None = None, top_k: int | None = None
+        self,
+        name: str,
+        inputs: Sequence[bytes | Any],
+        *,
+        version: int | None = None,
+        top_k: int | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> dict:
         """Predict every input with one version of model `name`.
 
@@ -84,6 +116,7 @@ class Predictor:
             inputs: image file bytes, or pixel arrays (nested lists) in the model's input shape.
             version: a specific version; default: the newest ready one.
             top_k: how many best classes to list per prediction (default 5, capped at the class count).
+            gone: see `prepare`.
 
         Returns:
             The response body: `{"model", "version", "predictions": [...]}`, predictions in input order.
@@ -93,7 +126,7 @@ class Predictor:
             raise InvalidInput(f"top_k must be between 1 and {self.max_top_k}")
         entry = self.registry.resolve(name, version)
         assert entry.card is not None and entry.batcher is not None  # resolve() returns ready versions only
-        arrays = await self.prepare(inputs, entry.card.input)
+        arrays = await self.prepare(inputs, entry.card.input, gone)
         probabilities = await entry.batcher.submit(arrays)
         body = self._response(entry, arrays, probabilities, top_k)
         self.metrics.observe_prediction(entry.name, entry.version, len(arrays), time.perf_counter() - started)

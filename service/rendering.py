@@ -147,6 +147,26 @@ def estimated_bytes(values: int, arrays: int, format: str, encoding: str) -> int
     return 4 * values + _JSON_OVERHEAD * arrays
 
 
+_LIST_SAMPLE = 4096
+
+
+def list_text_bytes(array: np.ndarray) -> int:
+    """About how many bytes `array` takes as JSON lists (`encoding=list`), without printing it all.
+
+    Prints a fixed random sample of its values as `array_entry` would and scales the mean up,
+    brackets and separators added: within a few percent for arrays of thousands of values, so
+    an answer whose text would be over budget is refused before it is built.
+    """
+    values = np.asarray(array, np.float32).reshape(-1)
+    if values.size == 0:
+        return 2 * max(1, array.ndim) + _JSON_OVERHEAD
+    if values.size > _LIST_SAMPLE:
+        values = values[np.random.default_rng(0).integers(0, values.size, _LIST_SAMPLE)]
+    per_value = (len(_dumps(exact_floats(values).tolist())) - 1) / values.size  # each value and its comma
+    rows = array.size // max(1, array.shape[-1]) if array.ndim else 1
+    return math.ceil(per_value * array.size) + 3 * rows + _JSON_OVERHEAD
+
+
 # ------------------------------------------------------------------ PNG grids
 
 

@@ -57,7 +57,8 @@ _COMMON_ERRORS = {
     "unauthorized": "Missing or wrong X-API-Key (when an API key is configured)",
     "invalid": "A parameter of the wrong type or out of range (format, encoding, scale, version)",
     "not_probed": "The model serves predictions but its layers cannot be probed",
-    "unavailable": "The model version is not ready",
+    "unavailable": "The model version is not ready, or too many activations/kernels/Grad-CAM requests are "
+    "in progress (Retry-After)",
 }
 _ACTIVATION_ERRORS = _errors(
     bad_request="Unknown layer (the message lists the valid ones); format=png without `layer`, with a "
@@ -131,7 +132,9 @@ async def activations_of_images(
     """The activations of uploaded images (same bodies as predict), each given a prediction id for later calls."""
     body = await read_images_body(request, settings.max_images_per_request)
     query = _query(layers, format, encoding, layer, scale)
-    rendered = await inspector.activations_of_inputs(name, body.inputs, version or body.integer("version"), query)
+    rendered = await inspector.activations_of_inputs(
+        name, body.inputs, version or body.integer("version"), query, request.is_disconnected
+    )
     return _send(rendered)
 
 

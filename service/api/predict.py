@@ -56,6 +56,7 @@ async def _predict(request: Request, name: str | None) -> JSONResponse:
         body.inputs,
         version=_positive_int(request, body, "version"),
         top_k=_positive_int(request, body, "top_k"),
+        gone=request.is_disconnected,
     )
     return JSONResponse(result)
 

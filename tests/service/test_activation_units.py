@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from service import rendering
-from service.activations import ActivationProbe
+from service.activations import COMPILE_AFTER, ActivationProbe
 from service.errors import UnknownLayer, UnsuitableLayer
 from tests.service.conftest import RGB_SPEC, build_edges_model
 
@@ -36,18 +36,37 @@ def test_probe_matches_the_model_and_chunks_big_batches(edges):
         np.testing.assert_allclose(alone["pool"], arrays["pool"][i : i + 1], atol=1e-6)
 
 
-def test_layer_set_functions_are_reused_and_bounded(edges):
+def test_layer_sets_are_sliced_until_popular_and_compilations_are_bounded(edges):
     probe = ActivationProbe(edges, RGB_SPEC, max_batch_size=4, cache_size=2)
-    first = probe._function_for(("conv1", "pool"))
-    assert probe._function_for(("pool", "conv1")) is not None
-    assert probe._function_for(("pool", "conv1"))[1] is first[1]  # order does not matter
-    probe._function_for(("conv2",))
-    probe._function_for(("relu2",))  # a third set evicts the least recently used
-    assert list(probe._functions) == [("conv2",), ("relu2",)]
+    assert probe.compilations == 1
+    for _ in range(COMPILE_AFTER - 1):  # a new set is served from the all-layer function, sliced
+        assert probe._function_for(("conv1", "pool"))[1] is probe._all_function
+    first = probe._function_for(("pool", "conv1"))  # order does not matter: the same set, now popular
+    assert first[0] == ("conv1", "pool") and first[1] is not probe._all_function
+    assert probe._function_for(("conv1", "pool"))[1] is first[1] and probe.compilations == 2
+    for names in [("conv2",), ("relu2",), ("rescale",), ("conv1",)] * 3:  # a client cycling sets
+        probe(IMAGES[:1], list(names))
+    assert probe.compilations == 3 and len(probe._functions) == 2  # cache_size bounds the compilations
+    assert probe._function_for(("relu2",))[1] is probe._all_function
     assert probe._function_for(tuple(probe._index))[1] is probe._all_function  # every layer: never cached
     unbounded = ActivationProbe(edges, RGB_SPEC, max_batch_size=4, cache_size=0)
-    assert unbounded._function_for(("conv1",))[1] is unbounded._all_function
-    np.testing.assert_allclose(unbounded(IMAGES[:1], ["conv1"])["conv1"], probe(IMAGES[:1], ["conv1"])["conv1"])
+    for _ in range(COMPILE_AFTER + 1):
+        assert unbounded._function_for(("conv1",))[1] is unbounded._all_function
+    sliced = unbounded(IMAGES[:2], ["conv1", "pool"])
+    assert list(sliced) == ["conv1", "pool"]
+    np.testing.assert_allclose(sliced["conv1"], probe(IMAGES[:2], ["conv1"])["conv1"], atol=1e-6)
+
+
+def test_gradcam_compiles_at_most_two_functions(edges):
+    probe = ActivationProbe(edges, RGB_SPEC, max_batch_size=4, cache_size=2)
+    probe.warm()
+    assert probe.compilations == 2  # all layers + Grad-CAM on the last convolution, at load
+    default = probe.gradcam(IMAGES[0], class_index=1)
+    assert probe.compilations == 2
+    other = {name: probe.gradcam(IMAGES[0], name, 1) for name in ("conv1", "relu2", "conv2")}
+    assert probe.compilations == 3  # every other layer shares one function
+    np.testing.assert_allclose(other["conv2"].heatmap, default.heatmap, atol=1e-5)
+    assert other["conv1"].heatmap.shape == edges.get_layer("conv1").output.shape[1:3]
 
 
 def test_no_keras_model_is_built_after_the_probe(edges, monkeypatch):

@@ -191,7 +191,9 @@ def test_input_cache_expires_entries_after_ttl():
 
 def test_input_cache_evicts_oldest_over_the_byte_budget():
     array = np.zeros(1000, np.uint8)
-    cache = InputCache(ttl_seconds=100, max_bytes=3 * (1000 + 256))
+    one = InputCache(ttl_seconds=100, max_bytes=1 << 20)
+    one.put("a", "m", 1, array)
+    cache = InputCache(ttl_seconds=100, max_bytes=3 * one.nbytes)  # room for three entries
     for name in "abcd":
         cache.put(name, "m", 1, array)
     assert cache.get("a") is None
