@@ -23,7 +23,7 @@ from service.predictor import Predictor
 from service.registry import ModelRegistry
 
 # The explorer page's own files hold no secrets; every API call it makes sends the key.
-PUBLIC_PATHS = frozenset({"/health/live", *PAGE_PATHS})
+PUBLIC_PATHS = frozenset({"/health/live", "/v2/health/live", *PAGE_PATHS})
 
 _DESCRIPTION = """Keras image classifiers over HTTP.
 

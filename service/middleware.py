@@ -61,7 +61,7 @@ class ApiKeyMiddleware:
             given = next((value for name, value in scope["headers"] if name == b"x-api-key"), b"")
             if not secrets.compare_digest(given, self._key):
                 message = "missing X-API-Key header" if not given else "wrong API key"
-                await error_response(401, "unauthorized", message)(scope, receive, send)
+                await error_response(401, "unauthorized", message, path=scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -80,7 +80,7 @@ class BodyLimitMiddleware:
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             error = self._error()
-            await error_response(error.status_code, error.code, error.message)(scope, receive, send)
+            await error_response(error.status_code, error.code, error.message, path=scope["path"])(scope, receive, send)
             return
         received = 0
 
