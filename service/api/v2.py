@@ -14,6 +14,7 @@ import time
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service import oip
@@ -24,6 +25,35 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 SERVER_NAME = "keras-serve"
 _OFFLOAD_BYTES = 256 * 1024  # parse bigger bodies off the event loop
+
+
+class ProtocolError(BaseModel):
+    """The protocol's error body."""
+
+    error: str
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+    version: str | None = None
+
+
+def _errors(**descriptions: str) -> dict:
+    status = {"bad_request": 400, "unauthorized": 401, "not_found": 404, "too_large": 413, "unavailable": 503}
+    return {status[key]: {"model": ProtocolError, "description": text} for key, text in descriptions.items()}
+
+
+_UNAUTHORIZED = "Missing or wrong X-API-Key (when an API key is configured)"
+_NOT_FOUND = "Unknown model or version"
 
 
 def _version(name: str, text: str | None) -> int | None:
@@ -40,19 +70,23 @@ def _outputs(entry: ModelVersion) -> list[str]:
     return [*oip.CLASS_OUTPUTS, *(name for name in layers if name not in oip.CLASS_OUTPUTS)]
 
 
-@router.get("")
+@router.get("", responses=_errors(unauthorized=_UNAUTHORIZED))
 async def server_metadata(request: Request) -> JSONResponse:
     """Server metadata: name, version and the protocol extensions supported."""
     return JSONResponse({"name": SERVER_NAME, "version": request.app.version, "extensions": list(oip.EXTENSIONS)})
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=ServerLive)
 async def server_live() -> JSONResponse:
     """200 while the process can answer."""
     return JSONResponse({"live": True})
 
 
-@router.get("/health/ready")
+@router.get(
+    "/health/ready",
+    response_model=ServerReady,
+    responses={503: {"model": ServerReady, "description": "Not ready"}, **_errors(unauthorized=_UNAUTHORIZED)},
+)
 async def server_ready(request: Request) -> JSONResponse:
     """200 when every model version found is loaded and warmed, else 503 (as `/health/ready`)."""
     ready = request.app.state.registry.all_ready()
@@ -76,13 +110,23 @@ async def _model_ready(request: Request, name: str, version: str | None) -> JSON
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/models/{name}/ready")
+_READY_DOC = {
+    "response_model": ModelReady,
+    "responses": {
+        503: {"model": ModelReady, "description": "Not ready (loading or failed)"},
+        **_errors(unauthorized=_UNAUTHORIZED, not_found=_NOT_FOUND),
+    },
+}
+_METADATA_ERRORS = _errors(unauthorized=_UNAUTHORIZED, not_found=_NOT_FOUND, unavailable="The model is not ready")
+
+
+@router.get("/models/{name}/ready", **_READY_DOC)
 async def model_ready(request: Request, name: str) -> JSONResponse:
     """200 when the model has a ready version; 503 while none is; 404 for an unknown model."""
     return await _model_ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", **_READY_DOC)
 async def model_version_ready(request: Request, name: str, version: str) -> JSONResponse:
     """200 when this version is loaded and warmed; 503 while it is not; 404 when unknown."""
     return await _model_ready(request, name, version)
@@ -111,13 +155,13 @@ def _metadata(request: Request, name: str, version: str | None) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", responses=_METADATA_ERRORS)
 async def model_metadata(request: Request, name: str) -> JSONResponse:
     """Model metadata: inputs `pixels` (UINT8 or FP32) and `image` (BYTES); outputs, each layer included."""
     return _metadata(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", responses=_METADATA_ERRORS)
 async def model_version_metadata(request: Request, name: str, version: str) -> JSONResponse:
     """Metadata of one version of a model."""
     return _metadata(request, name, version)
@@ -179,6 +223,24 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 _INFER_DOC = {
     "response_class": Response,
+    "responses": {
+        200: {
+            "description": "A v2 inference response: JSON, or (when binary outputs were asked for) a JSON header "
+            "of Inference-Header-Content-Length bytes followed by the binary tensors",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **_errors(
+            bad_request="Malformed request: wrong input name, datatype, shape or size, bad binary framing, "
+            "unknown output, undecodable image",
+            unauthorized=_UNAUTHORIZED,
+            not_found=_NOT_FOUND,
+            too_large="Body over the size limit, or more images than allowed per request",
+            unavailable="The model is not ready, or its queue is full (Retry-After)",
+        ),
+    },
     "openapi_extra": {
         "requestBody": {
             "required": True,
