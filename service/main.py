@@ -22,8 +22,9 @@ from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMid
 from service.predictor import Predictor
 from service.registry import ModelRegistry
 
-# The explorer page's own files hold no secrets; every API call it makes sends the key.
-PUBLIC_PATHS = frozenset({"/health/live", "/v2/health/live", *PAGE_PATHS})
+# The explorer page's own files hold no secrets; every API call it makes sends the key. The v2
+# health answers (a boolean each) are open too: KServe's probes call them without headers.
+PUBLIC_PATHS = frozenset({"/health/live", "/v2/health/live", "/v2/health/ready", *PAGE_PATHS})
 
 _DESCRIPTION = """Keras image classifiers over HTTP.
 

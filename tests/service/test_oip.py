@@ -353,6 +353,7 @@ def test_api_key_guards_v2_but_not_its_liveness(models, tmp_path):
     models.write(root, "grey", 1)
     with TestClient(create_app(settings_for(root, api_key="k3y"))) as client:
         assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code in (200, 503)  # probes send no key
         response = client.get("/v2/models/grey")
         assert response.status_code == 401 and response.json() == {"error": "missing X-API-Key header"}
         response = client.post("/v2/models/grey/infer", json={"inputs": [GREY]}, headers={"X-API-Key": "k3y"})
