@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service import oip
-from service.errors import VersionNotFound
+from service.errors import ResponseTooLarge, VersionNotFound
 from service.registry import ModelVersion
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -215,7 +215,18 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         else:
             array = activations[output.name]
             tensors.append(oip.OutputTensor(output.name, "FP32", array.shape, array, output.binary))
-    content, header_length = oip.encode_response(entry.name, entry.version, parsed.id, tensors)
+    if layers:  # activations can be large: encode them off the event loop, within the byte budget
+        content, header_length = await run_in_threadpool(
+            oip.encode_response, entry.name, entry.version, parsed.id, tensors
+        )
+        limit = state.settings.max_activation_response_bytes
+        if len(content) > limit:
+            raise ResponseTooLarge(
+                f"the response would take {len(content):,} bytes, over the {limit:,} byte limit; "
+                "ask for fewer layers or images, or binary outputs"
+            )
+    else:
+        content, header_length = oip.encode_response(entry.name, entry.version, parsed.id, tensors)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(header_length)})

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import oip
+from service.errors import InvalidInput, QueueFull, TooManyImages, UnsupportedFormat, render
 from service.main import create_app
 from tests.service.conftest import color_image, grey_image, settings_for, wait_ready
 
@@ -457,3 +458,36 @@ _tensor = st.fixed_dictionaries(
 )
 def test_fuzz_json_requests(client, body):
     _assert_refused_cleanly(client.post("/v2/models/grey/infer", content=json.dumps(body)))
+
+
+# ---------------------------------------------------------------------------- the one error handler
+
+
+def test_error_body_and_status_are_decided_by_path():
+    full = render(QueueFull("queue full (9 images waiting); retry in 2s", 2), "/v2/models/grey/infer")
+    assert full.status_code == 503 and full.headers["retry-after"] == "2"
+    assert json.loads(full.body) == {"error": "queue full (9 images waiting); retry in 2s"}
+    # this API's 415 and 422 are the protocol's 400; 413 stays
+    assert render(UnsupportedFormat("PDF"), "/v2/models/grey/infer").status_code == 400
+    assert render(InvalidInput("bad"), "/v2").status_code == 400
+    assert render(TooManyImages("many"), "/v2/models/grey/infer").status_code == 413
+    other = render(InvalidInput("bad"), "/predict")
+    assert other.status_code == 422 and json.loads(other.body) == {"error": {"code": "invalid_input", "message": "bad"}}
+    assert render(InvalidInput("bad"), "/v2x").status_code == 422  # only /v2 and below
+
+
+def test_layer_outputs_are_held_to_the_response_budget(models, tmp_path):
+    root = tmp_path / "store"
+    models.write(root, "edges", 1)
+    # conv1 of 4 images: 288 float32s, 1.2 kB binary, about 5 kB as JSON text
+    with TestClient(create_app(settings_for(root, max_activation_response_bytes=3000))) as client:
+        wait_ready(client)
+        pixels = pixels_input(np.zeros((4, 8, 8, 3), np.uint8))
+        binary = {"inputs": [pixels], "outputs": [{"name": "conv1", "parameters": {"binary_data": True}}]}
+        assert infer(client, "edges", binary).status_code == 200
+        response = infer(client, "edges", {"inputs": [pixels], "outputs": [{"name": "conv1"}]}, status=413)
+        assert "byte limit" in response.json()["error"]
+        eight = pixels_input(np.zeros((8, 8, 8, 3), np.uint8))
+        both = [{"name": "relu2", "parameters": {"binary_data": True}}, {"name": "conv1"}]
+        response = infer(client, "edges", {"inputs": [eight], "outputs": both}, status=413)
+        assert "bytes or more" in response.json()["error"]  # refused before the model runs
