@@ -155,12 +155,31 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+# The Open Inference Protocol's routes answer errors in its own body, `{"error": "..."}`, and
+# with its statuses: a client mistake is a 400 there (this API's 415 and 422 become 400).
+PROTOCOL_PREFIX = "/v2"
+_PROTOCOL_KEEPS = frozenset({400, 401, 404, 405, 413, 503})
+
+
+def is_protocol_path(path: str | None) -> bool:
+    return path is not None and (path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/"))
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None, path: str | None = None
+) -> JSONResponse:
+    """The error body for a request to `path`: the protocol's on /v2 routes, this API's elsewhere."""
+    if is_protocol_path(path):
+        if len(message) > _MAX_MESSAGE:
+            message = message[: _MAX_MESSAGE - 3] + "..."
+        if 400 <= status_code < 500 and status_code not in _PROTOCOL_KEEPS:
+            status_code = 400
+        return JSONResponse({"error": message}, status_code=status_code, headers=headers)
     return JSONResponse(error_body(code, message), status_code=status_code, headers=headers)
 
 
-def render(error: ServiceError) -> JSONResponse:
-    return error_response(error.status_code, error.code, error.message, error.headers)
+def render(error: ServiceError, path: str | None = None) -> JSONResponse:
+    return error_response(error.status_code, error.code, error.message, error.headers, path)
 
 
 _HTTP_CODES = {
@@ -194,7 +213,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return render(error)
+        return render(error, request.url.path)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_disconnected(request: Request, error: ClientDisconnect) -> JSONResponse:
@@ -204,7 +223,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_input", _describe_validation(error))
+        return error_response(422, "invalid_input", _describe_validation(error), path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -215,9 +234,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"method {request.method} not allowed on {request.url.path[:200]}"
         else:
             message = str(error.detail)
-        return error_response(error.status_code, code, message, getattr(error, "headers", None))
+        return error_response(error.status_code, code, message, getattr(error, "headers", None), request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; see the server log")
+        return error_response(500, "internal_error", "internal error; see the server log", path=request.url.path)

@@ -196,6 +196,17 @@ class Inspector:
             batch = np.stack([np.asarray(array, np.float32) for array in arrays])
             return await self._activations(entry, batch, ids, query)
 
+    async def layer_outputs(self, entry: ModelVersion, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """Layers `names` (checked) for a preprocessed batch, as `/activations` computes them, within the byte budget.
+
+        Raises:
+            ActivationsUnavailable, UnknownLayer, ResponseTooLarge.
+        """
+        probe = self._probe(entry)
+        names = probe.select(names)
+        self._check_size(4 * len(batch) * sum(probe.layers[name].values for name in names), "ask for fewer layers")
+        return await self._infer(probe, batch, names)
+
     async def _activations(
         self, entry: ModelVersion, batch: np.ndarray, ids: list[str], query: ActivationsQuery
     ) -> Rendered:

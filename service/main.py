@@ -28,8 +28,11 @@ from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-# The explorer page's own files and the docs hold no secrets; every API call they make sends the key.
-PUBLIC_PATHS = frozenset({"/health/live", *PAGE_PATHS, *DOCS_PATHS})
+# The explorer page's own files and the docs hold no secrets; every API call they make sends the
+# key. The health answers are open too: Kubernetes' and KServe's probes call them without headers.
+PUBLIC_PATHS = frozenset(
+    {"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready", *PAGE_PATHS, *DOCS_PATHS}
+)
 
 _DESCRIPTION = """Keras image classifiers over HTTP.
 

@@ -62,7 +62,7 @@ class ApiKeyMiddleware:
             given = next((value for name, value in scope["headers"] if name == b"x-api-key"), b"")
             if not secrets.compare_digest(given, self._key):
                 error = Unauthorized("missing X-API-Key header" if not given else "wrong API key")
-                await render(error)(scope, receive, send)
+                await render(error, path=scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -84,7 +84,7 @@ class BodyLimitMiddleware:
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             error = self._error()
-            await render(error)(scope, receive, send)
+            await render(error, path=scope["path"])(scope, receive, send)
             return
         received = 0
         deadline = asyncio.get_running_loop().time() + self.timeout_seconds

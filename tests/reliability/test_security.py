@@ -28,7 +28,9 @@ KEY = "k3y-for-tests"
 # Open without the key: live health (probes), and the explorer page's own static files, which
 # hold no data and must load before the page can ask for the key (service/api/page.py), and the
 # API docs with their schema (service/api/docs.py).
-OPEN_PATHS = frozenset({"/health/live"}) | PAGE_PATHS | DOCS_PATHS
+OPEN_PATHS = (
+    frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"}) | PAGE_PATHS | DOCS_PATHS
+)
 
 
 def served_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
@@ -78,7 +80,9 @@ def test_every_route_but_live_health_refuses_missing_or_wrong_keys(keyed):
             headers = {} if key is None else {"X-API-Key": key}
             response = client.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, key, response.status_code)
-            if method != "HEAD":
+            if method != "HEAD" and path.startswith("/v2"):  # the Open Inference Protocol's error body
+                assert response.json() == {"error": "missing X-API-Key header" if not key else "wrong API key"}
+            elif method != "HEAD":
                 assert response.json()["error"]["code"] == "unauthorized"
                 assert_no_leak(response.text, root)
                 assert KEY not in response.text
