@@ -127,10 +127,10 @@ def test_configmap_holds_exactly_the_settings_meant_for_deployment():
 def test_configmap_values_are_the_defaults_or_the_images(monkeypatch):
     for key in SETTINGS_ENV:
         monkeypatch.delenv(key, raising=False)
+    defaults = Settings(_env_file=None, **{key.lower(): value for key, value in IMAGE_VALUES.items()}).model_dump()
     for key, value in CONFIG.items():
         monkeypatch.setenv(key, value)
     from_configmap = Settings(_env_file=None).model_dump()
-    defaults = Settings(_env_file=None, **{key.lower(): value for key, value in IMAGE_VALUES.items()}).model_dump()
     differing = {key: (from_configmap[key], defaults[key]) for key in defaults if from_configmap[key] != defaults[key]}
     assert not differing, f"ConfigMap value != default: {differing}"
     dockerfile = (ROOT / "Dockerfile").read_text()
