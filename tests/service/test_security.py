@@ -12,9 +12,9 @@ def test_api_key_protects_every_route_but_live_health(models, tmp_path):
     models.write(tmp_path, "grey", 1)
     with TestClient(create_app(settings_for(tmp_path, api_key="s3cret"))) as client:
         assert client.get("/health/live").status_code == 200
+        assert client.get("/health/ready").status_code == 200  # probes send no header
         assert client.get("/openapi.json").status_code == 200  # public, like the docs pages (issue 17)
         for method, path in [
-            ("GET", "/health/ready"),
             ("GET", "/models"),
             ("GET", "/models/grey"),
             ("GET", "/metrics"),
