@@ -360,6 +360,7 @@ class Inspector:
         encoding: Encoding,
         scale: int | None,
     ) -> Rendered:
+        assert entry.card is not None
         classes = entry.card.class_names
         result = await self._render(probe.gradcam, cached.array, layer, class_index)
         headers = {

@@ -33,7 +33,7 @@ EXTENSIONS = ("binary_tensor_data", "classification")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 # datatype -> little-endian numpy dtype, for the numeric types this service reads or writes
-_NUMPY = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
+_NUMPY: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 _PIXEL_TYPES = ("UINT8", "FP32")
 _MAX_ID = 256
 
@@ -74,7 +74,10 @@ class InferenceRequest:
     @property
     def count(self) -> int:
         """How many images the request holds."""
-        return len(self.images) if self.images is not None else len(self.pixels)
+        if self.images is not None:
+            return len(self.images)
+        assert self.pixels is not None
+        return len(self.pixels)
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ def _parse_input(
         else:
             images = _json_bytes(tensor["data"], count, name, parameters.get("content_type"))
         return InferenceRequest(request_id, name, images=images)
-    return InferenceRequest(request_id, name, pixels=_pixels(tensor, raw, datatype, [count, *expected], spec))
+    return InferenceRequest(request_id, name, pixels=_pixels(tensor, raw, str(datatype), [count, *expected], spec))
 
 
 def _pixels(tensor: dict, raw: memoryview | None, datatype: str, shape: list[int], spec: InputSpec) -> np.ndarray:

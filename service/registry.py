@@ -244,7 +244,7 @@ class ModelRegistry:
             return None
         return probe
 
-    def _make_batcher(self, name: str, number: int, classifier: Classifier) -> Batcher:
+    def _make_batcher(self, name: str, number: int, classifier: BatchRuntime) -> Batcher:
         depth = self.metrics.queue_depth.labels(name, str(number))
         sizes = self.metrics.batch_size.labels(name, str(number))
         latency = self.metrics.inference_latency.labels(name, str(number))

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class OnnxRuntime(BatchRuntime):
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int, **kwargs) -> None:
+    def __init__(self, path: Path, threads: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         import onnxruntime as ort
 
@@ -73,12 +73,12 @@ class OpenVinoRuntime(BatchRuntime):
 
     name = "openvino"
 
-    def __init__(self, path: Path, threads: int, precision: str, hint: str, **kwargs) -> None:
+    def __init__(self, path: Path, threads: int, precision: str, hint: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         import openvino as ov
 
         self.precision = precision
-        config = {
+        config: dict[str, Any] = {
             # pinned: left to its default, a CPU with bf16 instructions runs in bf16 (drift up to 3e-3)
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": hint.upper(),
@@ -218,11 +218,13 @@ def _time(candidates: list[Candidate], shape: tuple[int, ...], sizes: list[int],
         batch = rng.uniform(0, 255, (size, *shape)).astype(np.float32)
         for _ in range(repeats):
             for index, candidate in enumerate(candidates):
+                assert candidate.instance is not None
                 started = time.perf_counter()
                 candidate.instance(batch)
                 samples.setdefault((index, size), []).append(time.perf_counter() - started)
     for index, candidate in enumerate(candidates):
         candidate.timings_ms = {size: round(statistics.median(samples[index, size]) * 1e3, 3) for size in sizes}
+        assert candidate.instance is not None
         candidate.instance.calls = 0
 
 
@@ -287,6 +289,7 @@ def choose_runtime(
     for candidate in timed:
         if candidate is not best:
             candidate.instance = None  # frees the compiled model
+    assert best.instance is not None
     best.instance.warm()
     return RuntimeChoice(
         runtime=best.instance or tensorflow,

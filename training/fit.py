@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import keras
 import numpy as np
@@ -117,7 +118,7 @@ def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str = "str
     if kind == "recording":
         if dataset.train.files is None:
             raise ValueError(f"{dataset.path}: a split by recording needs the images' file names")
-        train_idx, val_idx = recording_split(dataset.train.y, dataset.train.files, fraction, seed)
+        train_idx, val_idx = recording_split(dataset.train.y, list(dataset.train.files), fraction, seed)
     elif kind == "stratified":
         train_idx, val_idx = stratified_split(dataset.train.y, fraction, seed)
     else:
@@ -231,7 +232,7 @@ def build_card(
             batch_size=options.batch_size,
             seed=options.seed,
             val_fraction=options.val_fraction,
-            split=task.split,
+            split=cast(Any, task.split),
             optimizer=optimizer_description(arch.recipe),
             learning_rate=options.learning_rate,
             label_smoothing=arch.recipe.label_smoothing,

@@ -21,11 +21,11 @@ FONT_DIRS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/Li
 CANVASES = ((64, 64), (120, 90), (90, 160), (300, 200))
 
 
-def fonts(size: int = 96, max_fonts: int = 24) -> list[ImageFont.FreeTypeFont]:
+def fonts(size: int = 96, max_fonts: int = 24) -> list[ImageFont.FreeTypeFont | ImageFont.ImageFont]:
     """The machine's TrueType fonts (sorted by file name, up to `max_fonts`), plus Pillow's
     bundled scalable font, which every Pillow wheel carries (so a fresh machine has one)."""
     files = sorted({p for d in FONT_DIRS if d.is_dir() for p in d.rglob("*.ttf")}, key=lambda p: p.name)
-    found = []
+    found: list[ImageFont.FreeTypeFont | ImageFont.ImageFont] = []
     for file in files[:max_fonts]:
         try:
             found.append(ImageFont.truetype(str(file), size))

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -80,7 +80,7 @@ async def _read_multipart(request: Request, max_images: int) -> ImagesBody:
     if not 1 <= len(boundary) <= 200:
         raise BadRequest("multipart body without a valid boundary parameter")
     form = _Form(max_images)
-    parser = MultipartParser(boundary, form.callbacks(), max_header_count=16, max_header_size=8 * 1024)
+    parser = MultipartParser(boundary, cast(Any, form.callbacks()), max_header_count=16, max_header_size=8 * 1024)
     try:
         async for chunk in request.stream():  # parsed as it arrives: no second copy of the body
             parser.write(chunk)

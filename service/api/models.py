@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from fastapi import APIRouter, Query
 
 from service.api.deps import RegistryDep
@@ -100,7 +102,7 @@ def runtime_info(entry: ModelVersion) -> RuntimeInfo | None:
             RuntimeCandidate(
                 runtime=c.runtime,
                 precision=c.precision,
-                state=c.state,
+                state=cast(Any, c.state),
                 reason=c.reason,
                 artifact=c.artifact,
                 max_abs_diff=c.max_abs_diff,

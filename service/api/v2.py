@@ -10,6 +10,7 @@ routes use the protocol's body, `{"error": "..."}` (see `service.errors`).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -110,7 +111,7 @@ async def _model_ready(request: Request, name: str, version: str | None) -> JSON
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-_READY_DOC = {
+_READY_DOC: dict[str, Any] = {
     "response_model": ModelReady,
     "responses": {
         503: {"model": ModelReady, "description": "Not ready (loading or failed)"},
@@ -187,6 +188,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if parsed.images is not None:
         arrays = await state.predictor.prepare(parsed.images, entry.card.input)
     else:
+        assert parsed.pixels is not None  # a request holds images or pixels
         arrays = list(parsed.pixels)
     wanted = {output.name for output in parsed.outputs}
     probabilities = None
@@ -203,13 +205,16 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     tensors = []
     for output in parsed.outputs:
         if output.classification is not None:
+            assert probabilities is not None  # classification is accepted on `probabilities` only
             data = oip.classification(probabilities, output.classification, labels)
             tensors.append(
                 oip.OutputTensor(output.name, "BYTES", (len(arrays), output.classification), data, output.binary)
             )
         elif output.name == oip.PROBABILITIES:
+            assert probabilities is not None  # computed above whenever a class output is asked for
             tensors.append(oip.OutputTensor(output.name, "FP32", probabilities.shape, probabilities, output.binary))
         elif output.name == oip.LABEL:
+            assert probabilities is not None
             data = [labels[i].encode() for i in np.argmax(probabilities, axis=1).tolist()]
             tensors.append(oip.OutputTensor(output.name, "BYTES", (len(data),), data, output.binary))
         else:
@@ -232,7 +237,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(header_length)})
 
 
-_INFER_DOC = {
+_INFER_DOC: dict[str, Any] = {
     "response_class": Response,
     "responses": {
         200: {
