@@ -127,7 +127,10 @@ def image_to_input(image: Image.Image, spec: InputSpec, max_decode_bytes: int | 
                     f"decoding this {width}x{height} {image.mode} image takes about {needed:,} bytes; "
                     f"the limit is {max_decode_bytes:,}"
                 )
-            image.load()
+            try:
+                image.load()
+            except TypeError:  # Pillow 13's TIFF loader, on a strip offset that is not an integer
+                raise InvalidImage("could not decode the image: truncated or corrupt") from None
         except Image.DecompressionBombError as error:
             raise ImageTooLarge(f"image too large: {error}") from None
         except BAD_FILE_ERRORS:
