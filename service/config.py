@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         4, gt=0, description="activations/kernels/Grad-CAM requests running or waiting at once; beyond it 503"
     )
     inspection_duty_cycle: float = Field(
-        0.5, gt=0, le=1, description="share of wall time the inspection threads may work; they rest the rest"
+        0.3, gt=0, le=1, description="share of wall time the inspection threads may work; they rest the rest"
     )
     max_image_aspect_ratio: float = Field(
         50.0, ge=1, description="longest image side over the shortest; beyond it 422 (before decoding)"

@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from tests.service.conftest import grey_image, settings_for, wait_ready
+from tests.service.conftest import grey_image, settings_for, wait_ready, wait_until
 
 
 def test_api_key_protects_every_route_but_live_health(models, tmp_path):
     models.write(tmp_path, "grey", 1)
     with TestClient(create_app(settings_for(tmp_path, api_key="s3cret"))) as client:
         assert client.get("/health/live").status_code == 200
-        assert client.get("/health/ready").status_code == 200  # probes send no header
+        wait_until(lambda: client.get("/health/ready").status_code == 200)  # probes send no header
         assert client.get("/openapi.json").status_code == 200  # public, like the docs pages (issue 17)
         for method, path in [
             ("GET", "/models"),
