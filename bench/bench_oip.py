@@ -56,13 +56,13 @@ import os, sys, time
 sys.path.insert(0, {repo!r})
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
-from modelcard import CARD_FILE, MODEL_FILE, ModelCard
+from modelcard import CARD_FILE, MODEL_FILE, ModelCard, load_verified_model
 from service.config import Settings
-from service.inference import Classifier, configure_tensorflow_threads, load_keras_model
+from service.inference import Classifier, configure_tensorflow_threads
 settings = Settings()
 configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
 card = ModelCard.model_validate_json(open(os.path.join({folder!r}, CARD_FILE)).read())
-model = load_keras_model(os.path.join({folder!r}, MODEL_FILE))
+model = load_verified_model(os.path.join({folder!r}, MODEL_FILE), card.sha256)
 size = settings.max_batch_size
 classifier = Classifier(model, card.input, card.num_classes, size, settings.pad_batches)
 classifier.warm()
