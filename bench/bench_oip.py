@@ -62,7 +62,8 @@ from service.inference import Classifier, configure_tensorflow_threads
 settings = Settings()
 configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
 card = ModelCard.model_validate_json(open(os.path.join({folder!r}, CARD_FILE)).read())
-model = load_verified_model(os.path.join({folder!r}, MODEL_FILE), card.sha256)
+from pathlib import Path
+model = load_verified_model(Path({folder!r}) / MODEL_FILE, card.sha256)
 size = settings.max_batch_size
 classifier = Classifier(model, card.input, card.num_classes, size, settings.pad_batches)
 classifier.warm()
