@@ -84,8 +84,9 @@ class TrainingRun(BaseModel):
     batch_size: int
     seed: int
     val_fraction: float
-    split: Literal["stratified", "recording"] = Field(
-        "stratified", description="how validation was carved: per class at random, or by whole recordings"
+    split: Literal["stratified", "recording", "frames"] = Field(
+        "stratified",
+        description="how validation was carved: per class at random, by whole recordings, or by frame ranges",
     )
     optimizer: str
     learning_rate: float

@@ -25,8 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, help="share of each class held out for validation")
     train.add_argument(
         "--split",
-        choices=["stratified", "recording"],
-        help="how validation is carved (default: the task's; fruits: by recording, its frames being near-identical)",
+        choices=["stratified", "recording", "frames"],
+        help="how validation is carved (default: the task's; fruits: by frame range, neighbouring frames being near-identical)",
     )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--out", type=Path, default=Path("models"), help="the model store (default: models)")
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument(
         "--split",
-        choices=["stratified", "recording"],
+        choices=["stratified", "recording", "frames"],
         help="validate on this kind of split instead of the card's (e.g. an old version on a stricter split)",
     )
     evaluate.add_argument("--val-fraction", type=float, help="with --split: the share held out (default: the card's)")

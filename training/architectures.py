@@ -147,6 +147,33 @@ def build_catsdogs_improved(spec: InputSpec, num_classes: int) -> keras.Model:
     return _vgg_bn(spec, num_classes, [32, 64, 128, 192, 256], "catsdogs_improved", dropout=0.4, stem_stride=2)
 
 
+def build_catsdogs_residual(spec: InputSpec, num_classes: int) -> keras.Model:
+    """A small Xception-style network: a stride-2 stem, then per width two (BN, ReLU,
+    separable 3x3 conv) and a 3x3 max-pool, added to a strided 1x1 projection of the block's
+    input; global average pooling and dropout. Separable convolutions give the depth and
+    width that photos need at about a third of the plain network's parameters, and train
+    from scratch on 1,600 photos at about 10 s an epoch on 2 cores."""
+    image, x = _inputs(spec)
+    x = layers.Conv2D(32, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    for block, filters in enumerate([32, 64, 128, 256, 512], start=1):
+        shortcut = x
+        for part in "ab":
+            x = layers.BatchNormalization(momentum=0.95, name=f"block{block}{part}_bn")(x)
+            x = layers.ReLU(name=f"block{block}{part}_relu")(x)
+            x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}{part}_sepconv")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"block{block}_pool")(x)
+        shortcut = layers.Conv2D(
+            filters, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_shortcut"
+        )(shortcut)
+        x = layers.Add(name=f"block{block}_add")([x, shortcut])
+    x = layers.BatchNormalization(momentum=0.95, name="head_bn")(x)
+    x = layers.ReLU(name="head_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = layers.Dropout(0.5, name="dropout")(x)
+    out = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(image, out, name="catsdogs_residual")
+
+
 # Digits are framed the MNIST way before they reach the model (modelcard/preprocess.py): photos
 # and scans of digits are dark on light, off-centre and of any size.
 GREY28 = InputSpec(height=28, width=28, channels=1, color_mode="grayscale", preprocess="mnist")
@@ -286,6 +313,33 @@ ARCHITECTURES: dict[str, dict[str, Architecture]] = {
             "128x128 input, stride-2 stem, 5 blocks of 2x(Conv3x3+BN+ReLU) (32..256), global average "
             "pooling, dropout; "
             "trained with strong augmentation and label smoothing",
+        ),
+        "residual": Architecture(
+            "residual",
+            RGB128,
+            build_catsdogs_residual,
+            Recipe(
+                epochs=120,
+                batch_size=32,
+                learning_rate=2e-3,
+                schedule="cosine",
+                warmup_epochs=3,
+                weight_decay=0.05,
+                label_smoothing=0.1,
+                augmentation=(
+                    "flip_horizontal",
+                    "rotation:0.1",
+                    "zoom:0.25",
+                    "translation:0.1",
+                    "contrast:0.25",
+                    "brightness:0.2",
+                    "saturation:0.3",
+                ),
+            ),
+            "128x128 input, Xception-style: stride-2 5x5 stem, 5 residual blocks of 2x(BN+ReLU+separable "
+            "Conv3x3) and a max-pool (32..512), global average pooling, dropout; trained from scratch for "
+            "120 epochs with AdamW, warm-up and cosine decay, label smoothing, flips, rotations, zooms, "
+            "shifts, contrast, brightness and saturation changes",
         ),
     },
 }

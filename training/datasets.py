@@ -412,3 +412,60 @@ def recording_split(
         val_idx.append(members[in_val])
         train_idx.append(members[~in_val])
     return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))
+
+
+FRAME_GAP = 10  # frame numbers left out on each side of a held-out range (about 10 degrees of rotation)
+
+
+def frame_range_split(
+    labels: np.ndarray, files: Sequence[str], fraction: float, seed: int, gap: int = FRAME_GAP
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, validation, left out): per recording, a contiguous range of frames.
+
+    Each recording of each class gives validation one contiguous run of its frames, about
+    `fraction` of them, starting at a frame picked with `seed`; frames whose number lies
+    within `gap` of the run's first or last frame go to neither side. Frames are views of one
+    fruit turning, so validation holds angles the model never saw and training holds no
+    frame next to them. The run may wrap around the end of the recording (the fruit turns
+    full circle), and the wrap-around neighbours are left out the same way. A recording too
+    short to lose the gap and keep a training frame keeps them all."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    if len(files) != len(labels):
+        raise ValueError(f"{len(files)} file names for {len(labels)} labels")
+    rng = np.random.default_rng(seed)
+    parsed = [recording_of(f) for f in files]
+    recordings = np.array([r for r, _ in parsed])
+    frames = np.array([f for _, f in parsed])
+    side = np.zeros(len(labels), dtype=np.int8)  # 0 train, 1 validation, 2 left out
+    for cls in np.unique(labels):
+        for name in sorted(set(recordings[labels == cls])):
+            members = np.flatnonzero((labels == cls) & (recordings == name))
+            order = members[np.argsort(frames[members], kind="stable")]
+            n_val = int(round(len(order) * fraction))
+            if len(order) < 3 or n_val == 0:
+                continue  # too few frames to hold any out honestly: all train
+            start = int(rng.integers(0, len(order)))
+            held = order[(start + np.arange(n_val)) % len(order)]
+            side[held] = 1
+            low, high = frames[held[0]], frames[held[-1]]
+            period = frames[order[-1]] + 1  # frame numbers of one turn run 0..period-1
+            rest = order[side[order] != 1]
+            near = np.array(
+                [
+                    min(_circular(frames[i] - low, period), _circular(frames[i] - high, period)) <= gap
+                    for i in rest
+                ],
+                dtype=bool,
+            )
+            if not near.all():  # a recording too short for the gap keeps its other frames for training
+                side[rest[near]] = 2
+    return (
+        rng.permutation(np.flatnonzero(side == 0)),
+        rng.permutation(np.flatnonzero(side == 1)),
+        np.flatnonzero(side == 2),
+    )
+
+
+def _circular(difference: int, period: int) -> int:
+    return int(min(difference % period, -difference % period))

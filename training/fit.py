@@ -29,7 +29,7 @@ from modelcard import (
     image_to_array,
 )
 from training.architectures import Architecture, augmentation_layers
-from training.datasets import Dataset, Split, recording_split, stratified_split
+from training.datasets import FRAME_GAP, Dataset, Split, frame_range_split, recording_split, stratified_split
 from training.store import write_version
 from training.tasks import Task
 
@@ -114,15 +114,20 @@ WRONG_EXAMPLES = 20
 
 def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str = "stratified") -> tuple[Split, Split]:
     """Carve (train, validation) from the training data: `stratified` per class at random,
-    or `recording` so that no recording has frames on both sides (needs file names)."""
-    if kind == "recording":
+    `recording` so that no recording has frames on both sides, or `frames`: a contiguous range
+    of each recording's frames, with the frames next to it in neither part (needs file names)."""
+    if kind in ("recording", "frames"):
         if dataset.train.files is None:
-            raise ValueError(f"{dataset.path}: a split by recording needs the images' file names")
-        train_idx, val_idx = recording_split(dataset.train.y, list(dataset.train.files), fraction, seed)
+            raise ValueError(f"{dataset.path}: a split by {kind} needs the images' file names")
+        files = list(dataset.train.files)
+        if kind == "recording":
+            train_idx, val_idx = recording_split(dataset.train.y, files, fraction, seed)
+        else:
+            train_idx, val_idx, _ = frame_range_split(dataset.train.y, files, fraction, seed)
     elif kind == "stratified":
         train_idx, val_idx = stratified_split(dataset.train.y, fraction, seed)
     else:
-        raise ValueError(f"unknown split {kind!r}: expected 'stratified' or 'recording'")
+        raise ValueError(f"unknown split {kind!r}: expected 'stratified', 'recording' or 'frames'")
     return dataset.train.take(train_idx), dataset.train.take(val_idx)
 
 
@@ -131,6 +136,11 @@ def describe_split(kind: str, fraction: float, seed: int) -> str:
         return (
             f"whole recordings held out per class (at least {fraction:.0%} of each class, picked with seed {seed}); "
             "no recording has frames on both sides"
+        )
+    if kind == "frames":
+        return (
+            f"a contiguous {fraction:.0%} of each recording's frames held out (start picked with seed {seed}); "
+            f"the frames within {FRAME_GAP} frame numbers of that range are in neither part"
         )
     return f"stratified {fraction:.0%} of the training data, shuffled with seed {seed}"
 

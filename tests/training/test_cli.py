@@ -163,12 +163,12 @@ def test_download_without_pinned_checksum_is_refused(tmp_path, capsys):
     assert "no checksum is pinned" in capsys.readouterr().err
 
 
-def test_fruits_validate_on_recordings_never_seen_in_training(tmp_path, fruits_recordings, capsys):
+def test_fruits_validate_on_angles_never_seen_in_training(tmp_path, fruits_recordings, capsys):
     folder, card = _train(tmp_path, "fruits", fruits_recordings)
-    assert card.training.split == "recording" and "whole recordings" in card.data.validation_source
+    assert card.training.split == "frames" and "contiguous 20% of each recording" in card.data.validation_source
     assert sum(card.data.validation_counts.values()) == np.array(card.validation.confusion_matrix).sum()
     capsys.readouterr()
-    # the same version on the stratified split, then on its own (recording) split
+    # the same version on the stratified split, then on its own (frames) split
     assert (
         main(["evaluate", "fruits", "--model", str(folder), "--data", str(fruits_recordings), "--split", "stratified"])
         == 0
@@ -176,9 +176,9 @@ def test_fruits_validate_on_recordings_never_seen_in_training(tmp_path, fruits_r
     stratified = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["evaluate", "fruits", "--model", str(folder), "--data", str(fruits_recordings)]) == 0
     own = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert own["part"] == "recording validation split carved as in training"
+    assert own["part"] == "frames validation split carved as in training"
     assert own["images"] == sum(card.data.validation_counts.values())
-    assert stratified["part"] == "stratified validation split" and stratified["images"] != own["images"]
+    assert stratified["part"] == "stratified validation split"
 
 
 def _smooth_photos(folder: Path, prefix: str, seeds: range) -> None:

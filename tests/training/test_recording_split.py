@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.architectures import RGB100
-from training.datasets import load_fruits, recording_of, recording_split
+from training.datasets import frame_range_split, load_fruits, recording_of, recording_split
 from training.fit import split_dataset
 
 
@@ -85,3 +85,47 @@ def test_the_recording_split_holds_out_recordings_until_the_fraction_is_reached(
         recording_split(labels, files, 1.0, seed=0)
     with pytest.raises(ValueError, match="file names"):
         recording_split(labels, files[:-1], 0.3, seed=0)
+
+
+def _circular_distance(a: int, b: int, period: int) -> int:
+    return min((a - b) % period, (b - a) % period)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_frame_split_holds_out_one_contiguous_run_per_recording_with_a_gap(seed):
+    # two recordings of one class, frames sampled unevenly as Fruits-360 does
+    rng = np.random.default_rng(100 + seed)
+    frames = {prefix: sorted(rng.choice(330, 60, replace=False).tolist()) for prefix in ("", "r_")}
+    files = [f"{prefix}{f}_100.jpg" for prefix, numbers in frames.items() for f in numbers]
+    labels = np.zeros(len(files), dtype=int)
+    train_idx, val_idx, out_idx = frame_range_split(labels, files, 0.2, seed, gap=10)
+    assert sorted(np.concatenate([train_idx, val_idx, out_idx]).tolist()) == list(range(len(files)))
+    for prefix, numbers in frames.items():
+        name = prefix.rstrip("_") or "main"
+        held = {recording_of(files[i])[1] for i in val_idx if recording_of(files[i])[0] == name}
+        trained = {recording_of(files[i])[1] for i in train_idx if recording_of(files[i])[0] == name}
+        assert len(held) == 12  # 20% of 60
+        positions = sorted(numbers.index(f) for f in held)  # one run in frame order, possibly wrapping round
+        gaps = sum((b - a) % 60 != 1 for a, b in zip(positions, positions[1:] + positions[:1], strict=True))
+        assert gaps == 1, positions
+        period = numbers[-1] + 1
+        # no training frame within 10 frame numbers of a held-out one
+        assert all(_circular_distance(t, h, period) > 10 for t in trained for h in held)
+
+
+def test_the_fruits_loader_splits_by_frame_range(fruits_recordings):
+    dataset = load_fruits(fruits_recordings, RGB100)
+    train, val = split_dataset(dataset, 0.2, seed=42, kind="frames")
+    assert not set(train.files) & set(val.files)
+    assert len(train) + len(val) < len(dataset.train)  # the gap frames are in neither part
+    for fruit in dataset.class_names:  # every recording of every class gives validation frames
+        recordings = {recording_of(f)[0] for f in dataset.train.files if f.startswith(fruit + "/")}
+        assert {recording_of(f)[0] for f in val.files if f.startswith(fruit + "/")} == recordings
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        frame_range_split(dataset.train.y, list(dataset.train.files), 0.0, seed=0)
+
+
+def test_a_recording_too_short_for_the_gap_keeps_its_other_frames_for_training():
+    files = [f"{i}_100.jpg" for i in range(6)]
+    train_idx, val_idx, out_idx = frame_range_split(np.zeros(6, dtype=int), files, 0.2, seed=0, gap=10)
+    assert len(val_idx) == 1 and len(train_idx) == 5 and len(out_idx) == 0
