@@ -8,13 +8,20 @@ argmax on every input (bf16: within 1e-2). A runtime that fails any step is refu
 version with the reason; TensorFlow, the reference, always remains. With
 `INFERENCE_RUNTIME=auto` the accepted runtimes (TensorFlow included) are then timed on the
 batch sizes the batcher sends (the smallest and largest padding buckets), interleaved, and
-the fastest serves; a named runtime serves if it passes the gate. Nothing here knows HTTP.
+the fastest serves; a named runtime serves if it passes the gate. The `auto` decision is kept
+in `RUNTIME_CACHE_DIR`, keyed by everything it depends on (the model's and exports' sha256,
+the libraries' versions, the CPU, the settings that shape a call): a restart with the same
+cache builds and gates only the runtime chosen before, and times nothing. Nothing here
+knows HTTP.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import platform
 import shutil
 import statistics
 import threading
@@ -22,6 +29,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +131,7 @@ class Candidate:
 
     runtime: str
     precision: str = "f32"
-    state: str = "refused"  # "in use", "accepted" or "refused"
+    state: str = "refused"  # "in use", "accepted", "refused" or "not tried" (a cached decision)
     reason: str | None = None
     artifact: str | None = None  # "store", "cache", "exported at load"
     max_abs_diff: float | None = None
@@ -234,6 +243,71 @@ def _score(candidate: Candidate, reference: Candidate) -> float:
     return float(np.exp(np.mean(np.log(ratios))))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def decision_key(card: ModelCard, settings: Settings) -> str:
+    """What an `auto` decision depends on, hashed: a change to any of it means timing again."""
+    facts = {
+        "model": card.sha256,
+        "exports": {fmt: record.files for fmt, record in sorted(card.exports.items())},
+        "libraries": {name: _version_of(name) for name in ("tensorflow", "onnxruntime", "openvino")},
+        "cpu": [_cpu_name(), os.cpu_count()],
+        "settings": [
+            settings.inference_precision,
+            settings.parity_tolerance,
+            settings.tf_intra_op_threads,
+            settings.max_batch_size,
+            settings.pad_batches,
+            settings.openvino_performance_hint,
+        ],
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _decision_path(card: ModelCard, settings: Settings) -> Path:
+    return Path(settings.runtime_cache_dir) / "decisions" / card.name / str(card.version) / f"{decision_key(card, settings)}.json"
+
+
+def _read_decision(path: Path) -> dict | None:
+    try:
+        decision = json.loads(path.read_text())
+        return decision if isinstance(decision, dict) and decision.get("runtime") in RUNTIMES else None
+    except (OSError, ValueError):
+        return None  # none yet, or unreadable: decide afresh
+
+
+def _write_decision(path: Path, best: Candidate, timed: list[Candidate]) -> None:
+    decision = {
+        "runtime": best.runtime,
+        "precision": best.precision,
+        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "timings_ms": {f"{c.runtime} {c.precision}": c.timings_ms for c in timed},
+    }
+    tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(decision, indent=1))
+        os.replace(tmp, path)
+    except OSError as error:  # a read-only cache only costs the timing at the next start
+        log.info("runtime decision not cached in %s: %s", path.parent, error)
+        tmp.unlink(missing_ok=True)
+
+
 def choose_runtime(
     model: keras.Model,
     card: ModelCard,
@@ -254,10 +328,18 @@ def choose_runtime(
     requested = settings.inference_runtime
     reference = Candidate("tensorflow", state="accepted", reason="the reference: the Keras model itself")
     reference.instance = tensorflow
-    names = [r for r in ("openvino", "onnxruntime") if requested in ("auto", r)]
-    candidates: list[Candidate] = []
     inputs, inputs_description = gate_inputs(card, folder)
     expected = _predict_all(tensorflow, inputs)
+    cache = _decision_path(card, settings) if requested == "auto" else None
+    cached = _read_decision(cache) if cache else None
+    if cached:
+        choice = _reuse(cached, model, card, folder, settings, tensorflow, reference, inputs, expected, describe)
+        if choice is not None:
+            choice.decided_by += f"; gate on {inputs_description}"
+            return choice
+        log.info("%s v%d: the cached runtime decision no longer holds; timing afresh", card.name, card.version)
+    names = [r for r in ("openvino", "onnxruntime") if requested in ("auto", r)]
+    candidates: list[Candidate] = []
     for name in names:
         precisions = ["f32"]
         if settings.inference_precision == "bf16" and name == "openvino":
@@ -278,6 +360,8 @@ def choose_runtime(
         decided_by = (
             f"auto: fastest at batch sizes {sizes} (median of {settings.runtime_timing_repeats} interleaved calls each)"
         )
+        assert cache is not None
+        _write_decision(cache, best, timed)
     elif requested == "auto":
         best, decided_by = reference, "auto: no other runtime passed the gate"
     elif requested == "tensorflow":
@@ -297,6 +381,46 @@ def choose_runtime(
         precision=best.precision,
         candidates=[reference, *candidates],
         decided_by=f"{decided_by}; gate on {inputs_description}",
+    )
+
+
+def _reuse(
+    cached: dict,
+    model: keras.Model,
+    card: ModelCard,
+    folder: Path,
+    settings: Settings,
+    tensorflow: Classifier,
+    reference: Candidate,
+    inputs: np.ndarray,
+    expected: np.ndarray,
+    describe: Callable[[Exception], str],
+) -> RuntimeChoice | None:
+    """Serve with the runtime a cached `auto` decision chose, if it still passes the gate."""
+    when, timings = cached.get("decided_at", "?"), cached.get("timings_ms", {})
+    note = f"auto: the decision cached at {when} (timings then, ms by batch size: {timings})"
+    if cached["runtime"] == "tensorflow":
+        best, others = reference, [Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime")]
+    else:
+        best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
+        _try(best, model, card, folder, settings, inputs, expected, describe)
+        best.gate_inputs = len(inputs)
+        if best.instance is None:
+            return None  # refused now (a changed file, a failing gate): decide afresh
+        others = [
+            Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime
+        ]
+    best.state = "in use"
+    if best is not reference:
+        reference.instance = None
+    assert best.instance is not None
+    best.instance.warm()
+    return RuntimeChoice(
+        runtime=best.instance,
+        requested="auto",
+        precision=best.precision,
+        candidates=[reference, best, *others] if best is not reference else [reference, *others],
+        decided_by=note,
     )
 
 

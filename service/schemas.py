@@ -90,8 +90,8 @@ class Layer(BaseModel):
 class RuntimeCandidate(BaseModel):
     runtime: str = Field(examples=["openvino"])
     precision: str = Field(examples=["f32"])
-    state: Literal["in use", "accepted", "refused"]
-    reason: str | None = Field(description="why refused, or the gate's verdict")
+    state: Literal["in use", "accepted", "refused", "not tried"]
+    reason: str | None = Field(description="why refused, the gate's verdict, or the cached decision that skipped it")
     artifact: str | None = Field(None, description="where its files came from: store, cache, exported at load")
     max_abs_diff: float | None = Field(None, description="largest probability difference from Keras on the gate")
     gate_inputs: int | None = None

@@ -189,6 +189,8 @@ def settings_for(root: Path, **overrides) -> Settings:
         "load_threads": 1,
         # the runtime tests (test_runtimes.py) ask for others; exporting tiny models elsewhere only costs time
         "inference_runtime": "tensorflow",
+        # beside the store, not the machine-wide default: decisions cached by one test never reach another
+        "runtime_cache_dir": root.parent / "runtime-cache",
         "_env_file": None,
     }
     values.update(overrides)

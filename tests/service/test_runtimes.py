@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from modelcard import CARD_FILE, EXPORT_FILES, ModelCard, file_sha256
 from modelcard.exporting import export_model
 from service.main import create_app
+from service.runtimes import decision_key
 from tests.service.conftest import build_colors_model, color_image, settings_for, wait_ready
 from training.export import export_version
 
@@ -108,6 +109,45 @@ def test_auto_times_the_accepted_runtimes_and_shows_the_decision(exported_colors
         assert all(ms > 0 for ms in c["timings_ms"].values())
 
 
+def test_auto_reuses_its_cached_decision_and_decides_afresh_when_it_no_longer_holds(exported_colors, tmp_path):
+    root = store_with(tmp_path, exported_colors)
+    settings = settings_for(root, inference_runtime="auto", runtime_cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        first = runtime_of(client)
+    [decision_file] = (tmp_path / "cache" / "decisions" / "colors" / "1").glob("*.json")
+    assert json.loads(decision_file.read_text())["runtime"] == first["in_use"]
+
+    with TestClient(create_app(settings)) as client:  # a restart with the same cache: nothing is timed
+        wait_ready(client)
+        second = runtime_of(client)
+        assert predict_all(client).argmax(axis=1).tolist()[:3] == [0, 1, 2]
+    assert second["in_use"] == first["in_use"] and "decision cached at" in second["decided_by"]
+    assert all(not c["timings_ms"] for c in second["candidates"])
+    states = sorted(c["state"] for c in second["candidates"])
+    assert states.count("in use") == 1 and states.count("not tried") == 1 + (first["in_use"] == "tensorflow")
+    if first["in_use"] != "tensorflow":  # the cached choice still had to pass the gate
+        assert candidate(second, first["in_use"])["max_abs_diff"] <= 1e-4
+
+    # the cached runtime's file goes missing: it is refused, and the runtimes are timed afresh
+    decision_file.write_text(json.dumps({"runtime": "onnxruntime", "precision": "f32"}))
+    (root / "colors" / "1" / "model.onnx").unlink()
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        third = runtime_of(client)
+    assert "fastest" in third["decided_by"] and candidate(third, "onnxruntime")["state"] == "refused"
+    assert json.loads(decision_file.read_text())["runtime"] == third["in_use"] != "onnxruntime"
+
+
+def test_the_decision_key_follows_what_the_timing_depends_on(exported_colors):
+    card = ModelCard.model_validate_json((exported_colors / CARD_FILE).read_text())
+    base = decision_key(card, settings_for(exported_colors))
+    assert base == decision_key(card, settings_for(exported_colors))
+    assert base != decision_key(card, settings_for(exported_colors, max_batch_size=16))
+    assert base != decision_key(card, settings_for(exported_colors, tf_intra_op_threads=1))
+    assert base != decision_key(card.model_copy(update={"sha256": "1" * 64}), settings_for(exported_colors))
+
+
 def test_a_perturbed_export_fails_the_gate_and_tensorflow_serves(models, exported_colors, tmp_path):
     root = store_with(tmp_path, exported_colors)
     folder = root / "colors" / "1"
@@ -177,8 +217,12 @@ def test_a_store_without_exports_is_exported_into_the_cache_never_into_the_store
     for runtime in ("openvino", "onnxruntime"):
         assert candidate(info, runtime)["artifact"] == "exported at load"
         assert candidate(info, runtime)["state"] in ("accepted", "in use")
-        assert candidate(again, runtime)["artifact"] == "cache"
+    # the restart reuses the cached decision: only the runtime in use is built, from the cache
+    assert again["in_use"] == info["in_use"]
+    if again["in_use"] != "tensorflow":
+        assert candidate(again, again["in_use"])["artifact"] == "cache"
     assert "seeded noise images (the version stores no real inputs)" in info["decided_by"]
-    cached = {p.name for p in cache.rglob("*") if p.is_file()}
+    cached = {p.name for p in cache.rglob("*") if p.is_file() and "decisions" not in p.parts}
     assert cached == {"model.onnx", "model.xml", "model.bin"}
+    assert len(list((cache / "decisions").rglob("*.json"))) == 1
     assert probabilities.argmax(axis=1).tolist()[:3] == [0, 1, 2]
