@@ -5,9 +5,10 @@
 
 One `tritonclient.http` client sends 64-image UINT8 requests for digits with binary tensor
 data (the client's default) back to back to `python -m service` on 127.0.0.1 and counts
-images/s. The ceiling is the service's compiled model call (`service.inference.Classifier`) on the same
-64 images in full batches of MAX_BATCH_SIZE, in a separate process that loads the model once,
-no HTTP. The two take turns in short slices (each idle while the other runs), so drift on a
+images/s. The ceiling is the same runtime the service chose for the model (OpenVINO, ONNX
+Runtime or TensorFlow, read from `/models/{name}`, built and gated by the same
+`service.runtimes.choose_runtime`) on the same 64 images in full batches of MAX_BATCH_SIZE, in a
+separate process that loads the model once, no HTTP. The two take turns in short slices (each idle while the other runs), so drift on a
 shared machine hits both alike; the figure is the median of the per-round ratios (target
 >= 0.8). Writes `bench/results/oip-<time>.json`.
 """
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,14 +61,17 @@ import numpy as np
 from modelcard import CARD_FILE, MODEL_FILE, ModelCard, load_verified_model
 from service.config import Settings
 from service.inference import Classifier, configure_tensorflow_threads
-settings = Settings()
+from service.runtimes import choose_runtime
+settings = Settings(inference_runtime={runtime!r}, inference_precision={precision!r})
 configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
 card = ModelCard.model_validate_json(open(os.path.join({folder!r}, CARD_FILE)).read())
 from pathlib import Path
 model = load_verified_model(Path({folder!r}) / MODEL_FILE, card.sha256)
 size = settings.max_batch_size
-classifier = Classifier(model, card.input, card.num_classes, size, settings.pad_batches)
-classifier.warm()
+reference = Classifier(model, card.input, card.num_classes, size, settings.pad_batches)
+reference.warm()
+classifier = choose_runtime(model, card, Path({folder!r}), settings, reference).runtime  # gated and warmed
+assert classifier.name == {runtime!r}, classifier.name
 images = np.load({pixels!r}).astype(np.float32)
 batches = [images[i : i + size] for i in range(0, len(images), size)]
 print("ready", flush=True)
@@ -83,9 +88,15 @@ for line in sys.stdin:
 class InProcess:
     """The model's own batched call in a separate process, run for a slice on demand."""
 
-    def __init__(self, folder: Path, pixels: np.ndarray, tmp: Path) -> None:
+    def __init__(self, folder: Path, pixels: np.ndarray, tmp: Path, runtime: str, precision: str) -> None:
         np.save(tmp / "pixels.npy", pixels)
-        code = _WORKER.format(repo=str(REPO), folder=str(folder), pixels=str(tmp / "pixels.npy"))
+        code = _WORKER.format(
+            repo=str(REPO),
+            folder=str(folder),
+            pixels=str(tmp / "pixels.npy"),
+            runtime=runtime,
+            precision="bf16" if precision == "bf16" else "f32",
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -163,11 +174,16 @@ def main() -> None:
         process = start(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], env, Path(tmp) / "log"
         )
-        rounds, worker, client = [], None, None
+        rounds, worker, client, runtime = [], None, None, {}
         try:
             wait_ready(f"http://127.0.0.1:{port}", process, timeout=180)
             client = ProtocolClient(port, args.model, pixels)
-            worker = InProcess(args.models / args.model / str(version), pixels, Path(tmp))
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/models/{args.model}", timeout=30) as response:
+                runtime = json.load(response)["runtime"]
+            print(f"the service serves {args.model} v{version} on {runtime['in_use']} ({runtime['precision']})")
+            worker = InProcess(
+                args.models / args.model / str(version), pixels, Path(tmp), runtime["in_use"], runtime["precision"]
+            )
             for index in range(args.rounds):
                 protocol = client.throughput(args.duration)
                 ceiling = worker.images_per_second(args.duration)
@@ -190,6 +206,7 @@ def main() -> None:
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": f"{args.model} v{version}",
+        "runtime": runtime,
         "batch": BATCH,
         "duration_seconds": args.duration,
         "rounds": rounds,
