@@ -372,6 +372,18 @@ def recording_of(file_name: str) -> tuple[str, int]:
     return found["recording"].rstrip("_") or "main", int(found["frame"])
 
 
+def _recordings_and_frames(
+    labels: np.ndarray, files: Sequence[str], fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each file's recording name and frame number, after checking the split's arguments."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    if len(files) != len(labels):
+        raise ValueError(f"{len(files)} file names for {len(labels)} labels")
+    parsed = [recording_of(f) for f in files]
+    return np.array([r for r, _ in parsed]), np.array([f for _, f in parsed])
+
+
 def recording_split(
     labels: np.ndarray, files: Sequence[str], fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -383,14 +395,8 @@ def recording_split(
     the class, always leaving one for training; a class with a single recording gives a
     contiguous range of frames instead, so that only the two ends of the range touch training.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
-    if len(files) != len(labels):
-        raise ValueError(f"{len(files)} file names for {len(labels)} labels")
+    recordings, frames = _recordings_and_frames(labels, files, fraction)
     rng = np.random.default_rng(seed)
-    parsed = [recording_of(f) for f in files]
-    recordings = np.array([r for r, _ in parsed])
-    frames = np.array([f for _, f in parsed])
     train_idx, val_idx = [], []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
@@ -429,14 +435,8 @@ def frame_range_split(
     frame next to them. The run may wrap around the end of the recording (the fruit turns
     full circle), and the wrap-around neighbours are left out the same way. A recording too
     short to lose the gap and keep a training frame keeps them all."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
-    if len(files) != len(labels):
-        raise ValueError(f"{len(files)} file names for {len(labels)} labels")
+    recordings, frames = _recordings_and_frames(labels, files, fraction)
     rng = np.random.default_rng(seed)
-    parsed = [recording_of(f) for f in files]
-    recordings = np.array([r for r, _ in parsed])
-    frames = np.array([f for _, f in parsed])
     side = np.zeros(len(labels), dtype=np.int8)  # 0 train, 1 validation, 2 left out
     for cls in np.unique(labels):
         for name in sorted(set(recordings[labels == cls])):
