@@ -33,9 +33,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=2 \
     HOST=0.0.0.0 \
     PORT=8000 \
-    MODEL_DIR=/app/models
+    MODEL_DIR=/app/models \
+    RUNTIME_CACHE_DIR=/var/cache/keras-serve
+# RUNTIME_CACHE_DIR: exports made at load and the runtime decisions (service/runtimes.py); a volume
+# there lets a restarted container skip timing the runtimes again
 RUN groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app
+    && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app \
+    && mkdir -p /var/cache/keras-serve && chown app:app /var/cache/keras-serve
 WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY --chown=app:app models /app/models

@@ -319,7 +319,7 @@ ARCHITECTURES: dict[str, dict[str, Architecture]] = {
             RGB128,
             build_catsdogs_residual,
             Recipe(
-                epochs=120,
+                epochs=100,
                 batch_size=32,
                 learning_rate=2e-3,
                 schedule="cosine",
@@ -338,7 +338,7 @@ ARCHITECTURES: dict[str, dict[str, Architecture]] = {
             ),
             "128x128 input, Xception-style: stride-2 5x5 stem, 5 residual blocks of 2x(BN+ReLU+separable "
             "Conv3x3) and a max-pool (32..512), global average pooling, dropout; trained from scratch for "
-            "120 epochs with AdamW, warm-up and cosine decay, label smoothing, flips, rotations, zooms, "
+            "100 epochs with AdamW, warm-up and cosine decay, label smoothing, flips, rotations, zooms, "
             "shifts, contrast, brightness and saturation changes",
         ),
     },

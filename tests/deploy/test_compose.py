@@ -46,6 +46,8 @@ def test_compose_file_matches_the_compose_specification():
 def test_mounted_host_paths_exist_or_are_documented(name, service):
     for volume in service.get("volumes", []):
         host = re.match(r"(\$\{[^}]*\}|[^:]+):", volume).group(1)
+        if host in (COMPOSE.get("volumes") or {}):
+            continue  # a named volume, declared at the top level
         variable = re.match(r"\$\{(\w+):-(.+)\}", host)
         if variable:  # e.g. ${DATA_DIR:-./data}: the variable must be documented
             assert variable.group(1) in README, f"{name}: {variable.group(1)} is not documented in README.md"
@@ -89,6 +91,14 @@ def test_models_are_mounted_read_only_for_the_api_and_writable_for_training():
     grace = int(COMPOSE["services"]["api"]["stop_grace_period"].rstrip("s"))
     drain = int(re.search(r"GRACEFUL_SHUTDOWN_SECONDS:-(\d+)", (ROOT / "docker-compose.yml").read_text()).group(1))
     assert grace > drain
+
+
+def test_the_runtime_cache_survives_a_restart_on_a_named_volume():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cache_dir = re.search(r"RUNTIME_CACHE_DIR=(\S+)", dockerfile).group(1)
+    assert f"chown app:app {cache_dir}" in dockerfile  # writable by the image's user, whose root is read-only
+    assert f"runtime-cache:{cache_dir}" in COMPOSE["services"]["api"]["volumes"]
+    assert "runtime-cache" in COMPOSE["volumes"]
 
 
 def test_dockerfile_lints_clean():

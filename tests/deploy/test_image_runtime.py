@@ -45,7 +45,9 @@ def venv_python(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+        # --no-compile: byte-compiling TensorFlow's thousands of modules is most of an install from
+        # pip's cache, and Python compiles what it imports anyway
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", str(ROOT)],
         capture_output=True,
         text=True,
         timeout=900,
