@@ -8,9 +8,9 @@ data (the client's default) back to back to `python -m service` on 127.0.0.1 and
 images/s. The ceiling is the same runtime the service chose for the model (OpenVINO, ONNX
 Runtime or TensorFlow, read from `/models/{name}`, built and gated by the same
 `service.runtimes.choose_runtime`) on the same 64 images in full batches of MAX_BATCH_SIZE, in a
-separate process that loads the model once, no HTTP. The two take turns in short slices (each idle while the other runs), so drift on a
-shared machine hits both alike; the figure is the median of the per-round ratios (target
->= 0.8). Writes `bench/results/oip-<time>.json`.
+separate process that loads the model once, no HTTP. The two take turns in short slices (each
+idle while the other runs), so drift on a shared machine hits both alike; the figure is the
+median of the per-round ratios (target >= 0.8). Writes `bench/results/oip-<time>.json`.
 """
 
 from __future__ import annotations

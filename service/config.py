@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     activation_probe_cache_size: int = Field(
         8, ge=0, description="compiled layer-set probes kept per model version besides the all-layer one"
     )
-    warm_activation_probes: bool = Field(True, description="compile and run each version's all-layer probe at load")
+    warm_activation_probes: bool = Field(
+        True, description="compile and run each version's all-layer probe and Grad-CAM at load, just after it is ready"
+    )
 
     # inference runtime (service/runtimes.py)
     inference_runtime: Literal["auto", "openvino", "onnxruntime", "tensorflow"] = Field(

@@ -37,7 +37,7 @@ async def freeze_when_loaded(registry: ModelRegistry, poll_seconds: float = 0.5)
     while True:
         await asyncio.sleep(poll_seconds)
         versions = [v for name in registry.names() for v in registry.versions(name)]
-        if any(v.state == LOADING for v in versions):
+        if any(v.state == LOADING for v in versions) or registry.warming:
             continue
         current = frozenset((v.name, v.version, v.state) for v in versions)
         if current != frozen:

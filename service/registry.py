@@ -93,6 +93,7 @@ class ModelRegistry:
         self._load_executor = ThreadPoolExecutor(settings.load_threads, thread_name_prefix="model-load")
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._loads: dict[tuple[str, int], asyncio.Task] = {}
+        self._warming: set[asyncio.Future] = set()
         self._poller: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -206,6 +207,12 @@ class ModelRegistry:
             loaded.classifier.name,
             loaded.runtime.decided_by,
         )
+        if entry.probe is not None and self.settings.warm_activation_probes:
+            # After `ready`, on the load thread (behind any other loads): predictions never wait for
+            # it, and an activations request meanwhile compiles what it needs under the probe's lock.
+            warming = loop.run_in_executor(self._load_executor, self._warm_probe, entry, entry.probe)
+            self._warming.add(warming)
+            warming.add_done_callback(self._warming.discard)
 
     def _load_blocking(self, entry: ModelVersion) -> _Loaded:
         started = time.perf_counter()
@@ -232,17 +239,32 @@ class ModelRegistry:
     def _build_probe(self, entry: ModelVersion, model: keras.Model, card: ModelCard) -> ActivationProbe | None:
         # A model that predicts but cannot be probed still serves predictions.
         try:
-            probe = ActivationProbe(
+            return ActivationProbe(
                 model, card.input, self.settings.max_batch_size, self.settings.activation_probe_cache_size
             )
-            if self.settings.warm_activation_probes:
-                probe.warm()
         except Exception:
             log.exception(
                 "%s version %d: activations unavailable, the probe could not be built", entry.name, entry.version
             )
             return None
-        return probe
+
+    @staticmethod
+    def _warm_probe(entry: ModelVersion, probe: ActivationProbe) -> None:
+        """Compile and run the all-layer function and the default Grad-CAM (`ActivationProbe.warm`)."""
+        started = time.perf_counter()
+        try:
+            probe.warm()
+        except Exception:
+            log.exception(
+                "%s version %d: warming activations failed; they compile on first use", entry.name, entry.version
+            )
+            return
+        log.info("%s version %d: activations warmed in %.2fs", entry.name, entry.version, time.perf_counter() - started)
+
+    @property
+    def warming(self) -> int:
+        """Activation probes still being warmed after their versions turned ready."""
+        return len(self._warming)
 
     def _make_batcher(self, name: str, number: int, classifier: BatchRuntime) -> Batcher:
         depth = self.metrics.queue_depth.labels(name, str(number))

@@ -280,7 +280,13 @@ def decision_key(card: ModelCard, settings: Settings) -> str:
 
 
 def _decision_path(card: ModelCard, settings: Settings) -> Path:
-    return Path(settings.runtime_cache_dir) / "decisions" / card.name / str(card.version) / f"{decision_key(card, settings)}.json"
+    return (
+        Path(settings.runtime_cache_dir)
+        / "decisions"
+        / card.name
+        / str(card.version)
+        / f"{decision_key(card, settings)}.json"
+    )
 
 
 def _read_decision(path: Path) -> dict | None:

@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--split",
         choices=["stratified", "recording", "frames"],
-        help="how validation is carved (default: the task's; fruits: by frame range, neighbouring frames being near-identical)",
+        help="how validation is carved (default: the task's; fruits: by frame range, its neighbouring frames "
+        "being near-identical)",
     )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--out", type=Path, default=Path("models"), help="the model store (default: models)")

@@ -160,11 +160,13 @@ def build_catsdogs_residual(spec: InputSpec, num_classes: int) -> keras.Model:
         for part in "ab":
             x = layers.BatchNormalization(momentum=0.95, name=f"block{block}{part}_bn")(x)
             x = layers.ReLU(name=f"block{block}{part}_relu")(x)
-            x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}{part}_sepconv")(x)
+            x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}{part}_sepconv")(
+                x
+            )
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"block{block}_pool")(x)
-        shortcut = layers.Conv2D(
-            filters, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_shortcut"
-        )(shortcut)
+        shortcut = layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False, name=f"block{block}_shortcut")(
+            shortcut
+        )
         x = layers.Add(name=f"block{block}_add")([x, shortcut])
     x = layers.BatchNormalization(momentum=0.95, name="head_bn")(x)
     x = layers.ReLU(name="head_relu")(x)

@@ -372,9 +372,7 @@ def recording_of(file_name: str) -> tuple[str, int]:
     return found["recording"].rstrip("_") or "main", int(found["frame"])
 
 
-def _recordings_and_frames(
-    labels: np.ndarray, files: Sequence[str], fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _recordings_and_frames(labels: np.ndarray, files: Sequence[str], fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Each file's recording name and frame number, after checking the split's arguments."""
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
@@ -452,10 +450,7 @@ def frame_range_split(
             period = frames[order[-1]] + 1  # frame numbers of one turn run 0..period-1
             rest = order[side[order] != 1]
             near = np.array(
-                [
-                    min(_circular(frames[i] - low, period), _circular(frames[i] - high, period)) <= gap
-                    for i in rest
-                ],
+                [min(_circular(frames[i] - low, period), _circular(frames[i] - high, period)) <= gap for i in rest],
                 dtype=bool,
             )
             if not near.all():  # a recording too short for the gap keeps its other frames for training

@@ -18,7 +18,7 @@ from PIL import Image
 from scipy.signal import correlate2d
 
 from service.main import create_app
-from tests.service.conftest import build_edges_model, color_image, grey_image, settings_for, wait_ready
+from tests.service.conftest import build_edges_model, color_image, grey_image, settings_for, wait_ready, wait_until
 
 RNG = np.random.default_rng(11)
 PIXELS = [RNG.uniform(0, 255, (8, 8, 3)).round(2) for _ in range(3)]  # exact in JSON, not symmetric
@@ -394,3 +394,18 @@ def test_a_model_that_cannot_be_probed_still_predicts(store, monkeypatch):
         wait_ready(client)
         prediction = predict_pixels(client, "grey", PIXELS[0][:, :, 0])
         error(client.get(f"/activations/{prediction['id']}"), 501, "activations_unavailable")
+
+
+def test_activation_probes_are_warmed_just_after_their_version_is_ready(models, tmp_path):
+    root = tmp_path / "models"
+    for name in ("grey", "edges"):
+        models.write(root, name, 1)
+    with TestClient(create_app(settings_for(root))) as client:
+        wait_ready(client)
+        registry = client.app.state.registry
+        wait_until(lambda: registry.warming == 0)
+        for name in ("grey", "edges"):
+            probe = registry.resolve(name).probe
+            # the all-layer function, and Grad-CAM on the last convolution when there is one
+            assert probe is not None and probe.compilations == 1 + bool(probe.convolutions), name
+        assert registry.resolve("edges").probe.convolutions  # one of the two has a convolution
