@@ -58,6 +58,15 @@ def _centre_of_mass(grey: np.ndarray) -> tuple[float, float]:
     return float(rows), float(cols)
 
 
+def _median(values: np.ndarray) -> float:
+    """`np.median` of a 1-D array, by partition: the same value, in a third of the time on a small ring."""
+    half = len(values) // 2
+    if len(values) % 2:
+        return float(np.partition(values, half)[half])
+    low, high = np.partition(values, [half - 1, half])[half - 1 : half + 1]
+    return float((low + high) / 2)
+
+
 def is_mnist_framed(grey: np.ndarray) -> bool:
     """Whether a grey image already looks like an MNIST digit, so framing would only blur it.
 
@@ -71,8 +80,10 @@ def is_mnist_framed(grey: np.ndarray) -> bool:
     peak = values.max()
     if peak < _MIN_CONTRAST or _border(values, 2).mean() >= 32:
         return False
-    rows, cols = np.nonzero(values > 0.1 * peak)
-    if np.ptp(rows) + 1 > MNIST_BOX or np.ptp(cols) + 1 > MNIST_BOX:
+    ink = values > 0.1 * peak
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    if rows[-1] - rows[0] + 1 > MNIST_BOX or cols[-1] - cols[0] + 1 > MNIST_BOX:
         return False
     cy, cx = _centre_of_mass(values)
     return abs(cy - MNIST_CENTRE) <= 1.0 and abs(cx - MNIST_CENTRE) <= 1.0
@@ -92,17 +103,17 @@ def frame_digit(grey: np.ndarray) -> np.ndarray:
         size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
         grey = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.Resampling.BOX))
     values = grey.astype(np.float32)
-    ring = _border(values, max(1, min(values.shape) // 20))
-    paper = float(np.median(ring))
+    paper = _median(_border(values, max(1, min(values.shape) // 20)))
     if paper > 127:
         values, paper = 255.0 - values, 255.0 - paper
     contrast = values.max() - paper
     if contrast < _MIN_CONTRAST:
         return np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
     ink = np.clip((values - paper) / contrast, 0.0, 1.0)
-    ink[ink < _INK] = 0.0
-    rows = np.flatnonzero(ink.any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0))
+    inked = ink >= _INK
+    ink[~inked] = 0.0
+    rows = np.flatnonzero(inked.any(axis=1))
+    cols = np.flatnonzero(inked.any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     height, width = crop.shape
     scale = MNIST_BOX / max(height, width)

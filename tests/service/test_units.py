@@ -339,3 +339,12 @@ def test_batcher_with_two_workers_runs_two_batches_at_once():
 
     assert run(scenario())[:, 0].tolist() == [0, 1, 2, 3]
     assert calls == [2, 2]
+
+
+def test_the_framing_median_is_numpys():
+    from modelcard.preprocess import _median
+
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 3, 4, 111, 112):
+        values = rng.integers(0, 256, size).astype(np.float32)
+        assert _median(values) == float(np.median(values))
