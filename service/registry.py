@@ -141,12 +141,16 @@ class ModelRegistry:
     async def refresh(self) -> None:
         """Compare the store with what is known: load new (or changed failed) versions, drop removed ones."""
         found = await asyncio.to_thread(self._scan)
+        wanted = []
         for name, versions in found.items():
             known = self._models.setdefault(name, {})
-            for number, signature in versions.items():
+            for age, (number, signature) in enumerate(sorted(versions.items(), reverse=True)):
                 current = known.get(number)
                 if current is None or (current.state == FAILED and current.files_signature != signature):
-                    self._start_load(name, number, signature)
+                    wanted.append((age, name, number, signature))
+        # each model's newest version first: the service is ready once those are (see all_ready)
+        for _, name, number, signature in sorted(wanted):
+            self._start_load(name, number, signature)
         for name in list(self._models):
             for number in list(self._models[name]):
                 if number not in found.get(name, {}):
@@ -341,8 +345,17 @@ class ModelRegistry:
         return entry
 
     def all_ready(self) -> bool:
-        """True when the store has models and every version found is loaded and warmed."""
-        return bool(self._models) and all(v.ready for versions in self._models.values() for v in versions.values())
+        """True when the store has models, each model's newest version is loaded and warmed, and
+        no version failed. Older versions may still be loading (they load after the newest ones):
+        a request for one of them meanwhile is a 503 `model_not_ready`, like any loading version."""
+        if not self._models:
+            return False
+        for versions in self._models.values():
+            if not versions or not versions[max(versions)].ready:
+                return False
+            if any(v.state == FAILED for v in versions.values()):
+                return False
+        return True
 
 
 class _LoadError(Exception):

@@ -20,7 +20,8 @@ async def live() -> Liveness:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready"}})
 async def ready(registry: RegistryDep) -> JSONResponse:
-    """200 when every model version found is loaded and warmed; 503 with each model's state otherwise."""
+    """200 when each model's newest version is loaded and warmed and no version failed (older
+    versions may still be loading); 503 with each model's state otherwise."""
     statuses = {name: model_status(registry.versions(name)) for name in registry.names()}
     is_ready = registry.all_ready()
     reason = None if statuses else f"no models found in the model store {registry.root.name!r}"

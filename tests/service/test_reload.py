@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from modelcard import file_sha256
 from service.main import create_app
-from tests.service.conftest import grey_image, settings_for, wait_until
+from tests.service.conftest import grey_image, settings_for, wait_ready, wait_until
 
 
 def test_new_version_takes_over_while_requests_run_and_a_bad_one_is_refused(models, tmp_path):
@@ -83,3 +83,36 @@ def test_a_model_file_keras_cannot_load_is_reported_without_paths(models, tmp_pa
         assert reason and str(tmp_path) not in reason
         response = client.post("/models/colors/predict", files={"file": ("a.png", grey_image(0))})
         assert response.status_code == 200
+
+
+def test_ready_once_each_models_newest_version_is_loaded_older_ones_load_after(models, tmp_path, monkeypatch):
+    import service.registry
+
+    release = threading.Event()
+    order: list[str] = []
+    real_load = service.registry.load_verified_model
+
+    def recording_load(path, sha256):
+        order.append(f"{path.parent.parent.name}/{path.parent.name}")
+        if path.parent.name == "1":
+            release.wait(20)  # the old versions hold their load until the test lets them go
+        return real_load(path, sha256)
+
+    monkeypatch.setattr(service.registry, "load_verified_model", recording_load)
+    for name in ("grey", "colors"):
+        models.write(tmp_path, name, 1)
+        models.write(tmp_path, name, 2)
+    try:
+        with TestClient(create_app(settings_for(tmp_path))) as client:
+            wait_until(lambda: order[:2] == ["colors/2", "grey/2"] and len(order) == 3, timeout=20)
+            wait_ready(client)  # while both version 1s are still loading
+            versions = client.get("/health/ready").json()["models"]["grey"]["versions"]
+            assert {v["version"]: v["state"] for v in versions} == {1: "loading", 2: "ready"}
+            response = client.post("/models/grey/predict?version=1", files={"file": ("a.png", grey_image(0))})
+            assert response.status_code == 503 and response.json()["error"]["code"] == "model_not_ready"
+            assert client.post("/models/grey/predict", files={"file": ("a.png", grey_image(0))}).json()["version"] == 2
+            release.set()
+            wait_until(lambda: all(v.ready for n in ("grey", "colors") for v in client.app.state.registry.versions(n)))
+            assert order[2:] == ["colors/1", "grey/1"]
+    finally:
+        release.set()
