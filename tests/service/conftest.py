@@ -206,7 +206,10 @@ def wait_until(check: Callable[[], bool], timeout: float = 30.0, interval: float
 
 
 def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    """Ready, and every version loaded (ready comes once each model's newest version is)."""
     wait_until(lambda: client.get("/health/ready").status_code == 200, timeout)
+    models = lambda: client.get("/models").json()["models"]  # noqa: E731
+    wait_until(lambda: all(v["state"] != "loading" for m in models() for v in m["versions"]), timeout)
 
 
 def png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG", **save) -> bytes:

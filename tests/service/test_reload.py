@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from modelcard import file_sha256
 from service.main import create_app
-from tests.service.conftest import grey_image, settings_for, wait_ready, wait_until
+from tests.service.conftest import grey_image, settings_for, wait_until
 
 
 def test_new_version_takes_over_while_requests_run_and_a_bad_one_is_refused(models, tmp_path):
@@ -105,7 +105,8 @@ def test_ready_once_each_models_newest_version_is_loaded_older_ones_load_after(m
     try:
         with TestClient(create_app(settings_for(tmp_path))) as client:
             wait_until(lambda: order[:2] == ["colors/2", "grey/2"] and len(order) == 3, timeout=20)
-            wait_ready(client)  # while both version 1s are still loading
+            # ready while both version 1s are still loading
+            wait_until(lambda: client.get("/health/ready").status_code == 200, timeout=20)
             versions = client.get("/health/ready").json()["models"]["grey"]["versions"]
             assert {v["version"]: v["state"] for v in versions} == {1: "loading", 2: "ready"}
             response = client.post("/models/grey/predict?version=1", files={"file": ("a.png", grey_image(0))})

@@ -113,7 +113,7 @@ def test_extra_evaluations_come_from_the_task():
     assert extra_evaluations(task, "model", SPEC, log=lambda *_: None) == {"double": 0.5}
     assert calls == [("model", SPEC)]
     assert set(TASKS["digits"].extra_evaluations) == {"rendered_digits_accuracy"}
-    assert TASKS["fruits"].split == "recording" and TASKS["catsdogs"].split == "stratified"
+    assert TASKS["fruits"].split == "frames" and TASKS["catsdogs"].split == "stratified"
 
 
 def test_build_card_records_the_split_and_the_recipe():
@@ -124,7 +124,16 @@ def test_build_card_records_the_split_and_the_recipe():
     model = _tiny(SPEC, 2)
     validation = metrics_for(np.full((len(splits[1]), 2), 0.5), splits[1].y, data.class_names)
     card = build_card(
-        TASKS["fruits"], arch, data, splits, options, model, validation, 12.5, "python -m training ...", None
+        dataclasses.replace(TASKS["fruits"], split="recording"),
+        arch,
+        data,
+        splits,
+        options,
+        model,
+        validation,
+        12.5,
+        "python -m training ...",
+        None,
     )
     assert card.training.split == "recording" and "whole recordings" in card.data.validation_source
     assert card.training.optimizer == "adam + 1-epoch warm-up + cosine decay"
