@@ -10,23 +10,14 @@ the service's compiled TensorFlow call (one image per call, as a lone request is
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
+from scripts.model_table import median_call_ms
 from service.inference import Classifier
 from training.fit import load_version, split_dataset
 from training.tasks import TASKS
-
-
-def median_ms(classifier: Classifier, batch: np.ndarray, runs: int = 200) -> float:
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        classifier(batch)
-        timings.append(time.perf_counter() - started)
-    return float(np.median(timings) * 1000)
 
 
 def main() -> None:
@@ -48,8 +39,8 @@ def main() -> None:
     accuracy = float((plain.argmax(1) == val.y).mean())
     tta = float(((plain + mirrored).argmax(1) == val.y).mean())
     one = x[:1]
-    single = median_ms(classifier, one)
-    pair = median_ms(classifier, np.concatenate([one, one[:, :, ::-1]]))
+    single = median_call_ms(classifier, one, 200)
+    pair = median_call_ms(classifier, np.concatenate([one, one[:, :, ::-1]]), 200)
     print(
         f"{card.name} v{card.version} on {len(val)} validation images: {accuracy:.2%} plain, {tta:.2%} with flip TTA "
         f"({round((tta - accuracy) * len(val)):+d} images); one image {single:.2f} ms, with its mirror {pair:.2f} ms "

@@ -25,10 +25,15 @@ def single_image_latency_ms(folder: Path, card: ModelCard, runs: int = 300) -> f
     )
     classifier.warm()
     image = np.random.default_rng(0).integers(0, 256, (1, *card.input.shape)).astype(np.float32)
+    return median_call_ms(classifier, image, runs)
+
+
+def median_call_ms(classifier: Classifier, batch: np.ndarray, runs: int) -> float:
+    """Median wall time of `classifier(batch)` over `runs` calls, in ms."""
     timings = []
     for _ in range(runs):
         started = time.perf_counter()
-        classifier(image)
+        classifier(batch)
         timings.append(time.perf_counter() - started)
     return float(np.median(timings) * 1000)
 
