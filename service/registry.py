@@ -9,6 +9,8 @@ default: state changes happen on the event loop in one step, so a request sees t
 default or the new one, never a half-loaded model. A request keeps the `ModelVersion` it
 resolved, so it finishes on that version even if a newer one becomes the default meanwhile.
 A version that fails is reported with a reason, and the versions already loaded keep serving.
+Each model's newest version is loaded first; the service counts as ready (`all_ready`) once
+those are, and warms each version's activation probe right after it turns ready.
 """
 
 from __future__ import annotations
