@@ -339,10 +339,10 @@ def choose_runtime(
     cache = _decision_path(card, settings) if requested == "auto" else None
     cached = _read_decision(cache) if cache else None
     if cached:
-        choice = _reuse(cached, model, card, folder, settings, tensorflow, reference, inputs, expected, describe)
-        if choice is not None:
-            choice.decided_by += f"; gate on {inputs_description}"
-            return choice
+        reused = _reuse(cached, model, card, folder, settings, reference, inputs, expected, describe)
+        if reused is not None:
+            chosen, others, note = reused
+            return _serve(chosen, reference, others, requested, f"{note}; gate on {inputs_description}")
         log.info("%s v%d: the cached runtime decision no longer holds; timing afresh", card.name, card.version)
     names = [r for r in ("openvino", "onnxruntime") if requested in ("auto", r)]
     candidates: list[Candidate] = []
@@ -375,18 +375,25 @@ def choose_runtime(
     else:
         best = next((c for c in accepted if c.runtime == requested), reference)
         decided_by = f"INFERENCE_RUNTIME={requested}" + ("" if best is not reference else f": {requested} refused")
+    return _serve(best, reference, candidates, requested, f"{decided_by}; gate on {inputs_description}")
+
+
+def _serve(
+    best: Candidate, reference: Candidate, candidates: list[Candidate], requested: str, decided_by: str
+) -> RuntimeChoice:
+    """`best` serves: the others' compiled models are freed, and it is warmed on every batch size."""
     best.state = "in use"
-    for candidate in timed:
+    for candidate in (reference, *candidates):
         if candidate is not best:
             candidate.instance = None  # frees the compiled model
     assert best.instance is not None
     best.instance.warm()
     return RuntimeChoice(
-        runtime=best.instance or tensorflow,
+        runtime=best.instance,
         requested=requested,
         precision=best.precision,
         candidates=[reference, *candidates],
-        decided_by=f"{decided_by}; gate on {inputs_description}",
+        decided_by=decided_by,
     )
 
 
@@ -396,38 +403,24 @@ def _reuse(
     card: ModelCard,
     folder: Path,
     settings: Settings,
-    tensorflow: Classifier,
     reference: Candidate,
     inputs: np.ndarray,
     expected: np.ndarray,
     describe: Callable[[Exception], str],
-) -> RuntimeChoice | None:
-    """Serve with the runtime a cached `auto` decision chose, if it still passes the gate."""
+) -> tuple[Candidate, list[Candidate], str] | None:
+    """(best, candidates, how it was decided) from a cached `auto` decision, if its runtime still
+    passes the gate; None when it does not (a changed file, a failing gate): decide afresh."""
     when, timings = cached.get("decided_at", "?"), cached.get("timings_ms", {})
     note = f"auto: the decision cached at {when} (timings then, ms by batch size: {timings})"
-    if cached["runtime"] == "tensorflow":
-        best, others = reference, [Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime")]
-    else:
+    best = reference
+    if cached["runtime"] != "tensorflow":
         best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
         _try(best, model, card, folder, settings, inputs, expected, describe)
         best.gate_inputs = len(inputs)
         if best.instance is None:
-            return None  # refused now (a changed file, a failing gate): decide afresh
-        others = [
-            Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime
-        ]
-    best.state = "in use"
-    if best is not reference:
-        reference.instance = None
-    assert best.instance is not None
-    best.instance.warm()
-    return RuntimeChoice(
-        runtime=best.instance,
-        requested="auto",
-        precision=best.precision,
-        candidates=[reference, best, *others] if best is not reference else [reference, *others],
-        decided_by=note,
-    )
+            return None
+    others = [Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime]
+    return best, ([] if best is reference else [best]) + others, note
 
 
 def _try(
