@@ -250,12 +250,11 @@ ARCHITECTURES: dict[str, dict[str, Architecture]] = {
                     "translation:0.1",
                     "brightness:0.25",
                     "contrast:0.25",
-                    "hue:0.08",
-                    "saturation:0.3",
+                    "saturation:0.2",
                 ),
             ),
             "the improved network (stride-2 stem, 4 blocks of 2x(Conv3x3+BN+ReLU), 32/64/96/128) trained to "
-            "generalise across recordings: any rotation, zoom, shifts, lighting, contrast, hue and saturation "
+            "generalise across recordings: any rotation, zoom, shifts, lighting, contrast and saturation "
             "changes, label smoothing, warm-up and cosine decay",
         ),
     },
@@ -355,6 +354,17 @@ def get_architecture(task: str, arch: str) -> Architecture:
         raise KeyError(f"unknown task/architecture {task!r}/{arch!r}; known: {known}") from None
 
 
+def _saturation_factor(spread: float) -> tuple[float, float]:
+    """Keras' RandomSaturation factor range for a multiplier in [1 - spread, 1 + spread].
+
+    Keras multiplies saturation by f / (1 - f), so the multiplier m is f = m / (1 + m).
+    """
+    if not 0 <= spread < 1:
+        raise ValueError(f"saturation spread must be in [0, 1), got {spread}")
+    low, high = 1 - spread, 1 + spread
+    return (low / (1 + low), high / (1 + high))
+
+
 def augmentation_layers(
     names: tuple[str, ...], seed: int, fill_mode: str = "reflect", fill_value: float = 0.0
 ) -> keras.Sequential | None:
@@ -381,7 +391,10 @@ def augmentation_layers(
         elif kind == "hue":
             made.append(layers.RandomHue(value, value_range=(0, 255), seed=s))
         elif kind == "saturation":
-            made.append(layers.RandomSaturation(value, value_range=(0, 255), seed=s))
+            # Keras' factor is not a spread: 0.5 leaves an image alone and a single float f samples
+            # from (0, f), so "saturation:0.3" given straight through greyed every image (to at most
+            # 43% of its saturation). Ours means: multiply saturation by a factor in [1-v, 1+v].
+            made.append(layers.RandomSaturation(_saturation_factor(value), value_range=(0, 255), seed=s))
         else:
             raise ValueError(f"unknown augmentation {spec!r}")
     return keras.Sequential(made, name="augmentation")

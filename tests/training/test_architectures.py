@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.architectures import ARCHITECTURES, get_architecture
+from training.architectures import ARCHITECTURES, augmentation_layers, get_architecture
 
 NUM_CLASSES = {"digits": 10, "fruits": 60, "signs": 6, "catsdogs": 2}
 
@@ -47,3 +47,21 @@ def test_improved_is_not_the_seed():
 def test_unknown_architecture_lists_the_known_ones():
     with pytest.raises(KeyError, match="known: digits: seed/improved"):
         get_architecture("digits", "resnet")
+
+
+def _saturation(images: np.ndarray) -> np.ndarray:
+    """HSV saturation per image, averaged over pixels."""
+    high, low = images.max(-1), images.min(-1)
+    return ((high - low) / np.maximum(high, 1e-6)).mean(axis=(1, 2))
+
+
+def test_saturation_jitter_spreads_around_the_original_instead_of_greying_every_image():
+    # Keras' RandomSaturation(0.3) multiplies saturation by at most 0.43: our "saturation:0.3"
+    # means a factor in [0.7, 1.3]
+    images = np.random.default_rng(0).uniform(40, 200, (256, 16, 16, 3)).astype("float32")
+    augmented = np.asarray(augmentation_layers(("saturation:0.3",), seed=1)(images, training=True))
+    ratio = _saturation(augmented) / _saturation(images)
+    assert ratio.min() > 0.65 and ratio.max() > 1.15, (ratio.min(), ratio.max())
+    assert 0.9 < np.median(ratio) < 1.1
+    with pytest.raises(ValueError, match="saturation"):
+        augmentation_layers(("saturation:1.5",), seed=1)
