@@ -52,7 +52,11 @@ class Settings(BaseSettings):
     )
     max_queue_size: int = Field(512, gt=0, description="images waiting per model version before 503")
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 503 queue full")
-    pad_batches: bool = Field(True, description="pad batches to power-of-two sizes warmed at load time")
+    pad_batches: bool = Field(
+        False,
+        description="pad batches to power-of-two sizes warmed at load time; off by default: unpadded batches "
+        "measured 1.3-2x the images/s on every runtime, and a batch size's first call costs at most ~12 ms once",
+    )
     tf_intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; 0: TF default")
     tf_inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads; 0: TF default")
     batch_workers: int = Field(1, gt=0, description="batches of one model version that may run at once")

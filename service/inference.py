@@ -103,7 +103,7 @@ class BatchRuntime:
     name = "base"
     precision = "f32"
 
-    def __init__(self, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = True) -> None:
+    def __init__(self, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = False) -> None:
         self.spec = spec
         self.num_classes = num_classes
         self.max_batch_size = max_batch_size
@@ -157,7 +157,7 @@ class Classifier(BatchRuntime):
     name = "tensorflow"
 
     def __init__(
-        self, model: keras.Model, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = True
+        self, model: keras.Model, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = False
     ) -> None:
         super().__init__(spec, num_classes, max_batch_size, pad_batches)
         self.model = model

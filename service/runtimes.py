@@ -7,7 +7,7 @@ version, every probability within `PARITY_TOLERANCE` (1e-4) of the Keras model's
 argmax on every input (bf16: within 1e-2). A runtime that fails any step is refused for that
 version with the reason; TensorFlow, the reference, always remains. With
 `INFERENCE_RUNTIME=auto` the accepted runtimes (TensorFlow included) are then timed on the
-batch sizes the batcher sends (the smallest and largest padding buckets), interleaved, and
+batch sizes the batcher sends (the smallest and the largest), interleaved, and
 the fastest serves; a named runtime serves if it passes the gate. The `auto` decision is kept
 in `RUNTIME_CACHE_DIR`, keyed by everything it depends on (the model's and exports' sha256,
 the libraries' versions, the CPU, the settings that shape a call): a restart with the same
