@@ -29,8 +29,10 @@ def _latest(task: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client():
-    app = create_app(Settings(model_dir=MODELS, reload_interval_seconds=0))
+def client(tmp_path_factory):
+    # `auto` with an empty decision cache of its own: a first start, as on a fresh machine
+    cache = tmp_path_factory.mktemp("runtime-cache")
+    app = create_app(Settings(model_dir=MODELS, reload_interval_seconds=0, runtime_cache_dir=cache))
     with TestClient(app) as client:
         deadline = time.monotonic() + 120
         while client.get("/health/ready").status_code != 200:
@@ -92,14 +94,29 @@ def test_each_runtime_reproduces_keras_on_the_shipped_exports(task, runtime):
 
 
 @pytest.fixture(scope="module")
-def forced_client():
-    """One app per forced runtime, started on first use and stopped with the module."""
+def newest_store(tmp_path_factory) -> Path:
+    """The shipped store with only each model's newest version (linked, not copied)."""
+    root = tmp_path_factory.mktemp("newest") / "models"
+    for task in TASKS:
+        folder = _latest(task)
+        (root / task).mkdir(parents=True)
+        (root / task / folder.name).symlink_to(folder, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def forced_client(newest_store: Path):
+    """One app per forced runtime over the newest versions, started on first use and stopped with the module."""
     stack = contextlib.ExitStack()
     clients: dict[str, TestClient] = {}
 
     def get(runtime: str) -> TestClient:
         if runtime not in clients:
-            app = create_app(Settings(model_dir=MODELS, reload_interval_seconds=0, inference_runtime=runtime))
+            # batches of at most 8 (4 samples a model): fewer batch sizes to compile and warm at load
+            settings = Settings(
+                model_dir=newest_store, reload_interval_seconds=0, inference_runtime=runtime, max_batch_size=8
+            )
+            app = create_app(settings)
             client = clients[runtime] = stack.enter_context(TestClient(app))
             deadline = time.monotonic() + 120
             while client.get("/health/ready").status_code != 200:
