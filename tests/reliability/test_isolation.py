@@ -9,7 +9,8 @@
 - predictions for digits at concurrency 8 while clients hammer activations and Grad-CAM: p99
   within 2x of the quiet p99, no error (the figure `bench/bench_isolation.py` measures).
 
-Memory comes from the server's /proc/<pid>/status (VmHWM: peak resident, VmRSS: now). Every
+Memory comes from the server's /proc/<pid>/status (VmHWM: peak resident, VmRSS: now); the tests
+sharing one server reset its peak first (`/proc/<pid>/clear_refs`), so each sees its own. Every
 loop is bounded in requests and time. The figures are printed (`pytest -s`).
 """
 
@@ -20,6 +21,7 @@ import io
 import socket
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -27,6 +29,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_isolation import measure
 from modelcard import InputSpec
@@ -113,27 +116,51 @@ def store(tmp_path_factory, models) -> Path:
     return root
 
 
-def test_huge_uploads_cost_memory_and_time_in_proportion_to_the_model(store, tmp_path):
+def predict_statuses(url: str) -> Counter[str]:
+    """How many requests the predict routes have answered, by status, from /metrics."""
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "http_requests_total" and "predict" in sample.labels.get("route", ""):
+                counts[sample.labels["status"]] += int(sample.value)
+    return counts
+
+
+def reset_peak(pid: int) -> int:
+    """Reset the process's peak resident memory (VmHWM) to what it holds now, and return that."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return status_bytes(pid, "VmHWM")
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    """One server for the tests below; each measures its own peak after `reset_peak`."""
+    log = tmp_path_factory.mktemp("isolation-server") / "server.log"
+    env = {"MAX_IMAGE_PIXELS": "40000000", "MAX_ACTIVATION_RESPONSE_BYTES": str(64 * MB)}
+    with serve(store, log, **env) as live:
+        yield live
+
+
+def test_huge_uploads_cost_memory_and_time_in_proportion_to_the_model(server):
     thin = png_bytes(Image.new("L", (1, 40_000_000)))  # the issue's file: all black, within MAX_IMAGE_PIXELS
     photo = io.BytesIO()
     Image.new("RGB", (7000, 5000), (40, 160, 90)).save(photo, "JPEG", quality=90)
-    with serve(store, tmp_path / "server.log", MAX_IMAGE_PIXELS="40000000") as server:
-        pid = server.process.pid
-        httpx.post(server.url + "/models/grey/predict", files={"file": ("s.png", grey_image(5))})
-        before = status_bytes(pid, "VmHWM")
-        with SmallPredictions(server.url, "/models/grey/predict", grey_image(200), 60) as small:
-            started = time.perf_counter()
-            thin_answers = post_pair(server.url + "/models/colors/predict", thin, "thin.png")
-            thin_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            photo_answers = post_pair(server.url + "/models/colors/predict", photo.getvalue(), "photo.jpg")
-            photo_seconds = time.perf_counter() - started
-        peak = status_bytes(pid, "VmHWM") - before
-        worst = max(small.latencies)
-        print(
-            f"\nthin pair: {thin_seconds:.2f}s, 35 MP JPEG pair: {photo_seconds:.2f}s, peak +{peak / MB:.0f} MB, "
-            f"small predictions: {len(small.latencies)}, slowest {worst * 1000:.0f} ms"
-        )
+    pid = server.process.pid
+    httpx.post(server.url + "/models/grey/predict", files={"file": ("s.png", grey_image(5))})
+    before = reset_peak(pid)
+    with SmallPredictions(server.url, "/models/grey/predict", grey_image(200), 60) as small:
+        started = time.perf_counter()
+        thin_answers = post_pair(server.url + "/models/colors/predict", thin, "thin.png")
+        thin_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        photo_answers = post_pair(server.url + "/models/colors/predict", photo.getvalue(), "photo.jpg")
+        photo_seconds = time.perf_counter() - started
+    peak = status_bytes(pid, "VmHWM") - before
+    worst = max(small.latencies)
+    print(
+        f"\nthin pair: {thin_seconds:.2f}s, 35 MP JPEG pair: {photo_seconds:.2f}s, peak +{peak / MB:.0f} MB, "
+        f"small predictions: {len(small.latencies)}, slowest {worst * 1000:.0f} ms"
+    )
     assert [r.status_code for r in thin_answers] == [422, 422], thin_answers[0].text
     assert "1x40000000" in thin_answers[0].json()["error"]["message"]
     assert [r.status_code for r in photo_answers] == [200, 200], photo_answers[0].text
@@ -142,7 +169,7 @@ def test_huge_uploads_cost_memory_and_time_in_proportion_to_the_model(store, tmp
     assert set(small.statuses) == {200} and worst < 0.5
 
 
-def test_work_stops_for_a_client_that_hung_up(store, tmp_path):
+def test_work_stops_for_a_client_that_hung_up(server):
     photo = io.BytesIO()
     Image.new("RGB", (7000, 5000), (200, 30, 30)).save(photo, "JPEG", quality=90)
     part = photo.getvalue()
@@ -156,45 +183,39 @@ def test_work_stops_for_a_client_that_hung_up(store, tmp_path):
         )
         + f"--{boundary}--\r\n".encode()
     )
-    with serve(store, tmp_path / "server.log") as server:
-        head = (
-            f"POST /models/colors/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
-        ).encode()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(head + body)
-            time.sleep(0.05)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            metrics = httpx.get(server.url + "/metrics").text
-            if 'status="499"' in metrics or 'status="200"' in metrics.split("predict")[-1]:
-                break
-            time.sleep(0.2)
-        lines = [line for line in metrics.splitlines() if line.startswith("http_requests_total") and "predict" in line]
-        print("\n" + "\n".join(lines))
-        assert any('status="499"' in line for line in lines), lines
-        assert not any('status="500"' in line for line in lines)
-        assert "Traceback" not in server.log_tail(20000)
+    head = (
+        f"POST /models/colors/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode()
+    before = predict_statuses(server.url)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while (after := predict_statuses(server.url)).total() == before.total() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"\npredict requests by status, before {dict(before)}, after {dict(after)}")
+    assert after - before == Counter({"499": 1}), (before, after)
+    assert "Traceback" not in server.log_tail(20000)
 
 
-def test_an_over_budget_list_answer_is_refused_before_it_is_built(store, tmp_path):
+def test_an_over_budget_list_answer_is_refused_before_it_is_built(server):
     rng = np.random.default_rng(4)
     files = [
         ("file", (f"{i}.png", png_bytes(Image.fromarray(rng.integers(0, 256, (128, 128, 3), np.uint8)))))
         for i in range(9)
     ]
-    with serve(store, tmp_path / "server.log", MAX_ACTIVATION_RESPONSE_BYTES=str(64 * MB)) as server:
-        pid = server.process.pid
-        url = server.url + "/models/wide/activations"
-        assert httpx.post(url, params={"layers": "conv1"}, files=files[:1], timeout=60).status_code == 200
-        before = status_bytes(pid, "VmHWM")
-        started = time.perf_counter()
-        refused = httpx.post(url, params={"format": "json", "encoding": "list"}, files=files, timeout=120)
-        seconds = time.perf_counter() - started
-        peak = status_bytes(pid, "VmHWM") - before
-        # the same request in npz fits: 9 x ~1.2 M float32
-        npz = httpx.post(url, params={"format": "npz"}, files=files, timeout=120)
-        print(f"\n9-image list activations: {refused.status_code} in {seconds:.2f}s, peak +{peak / MB:.0f} MB")
+    pid = server.process.pid
+    url = server.url + "/models/wide/activations"
+    assert httpx.post(url, params={"layers": "conv1"}, files=files[:1], timeout=60).status_code == 200
+    before = reset_peak(pid)
+    started = time.perf_counter()
+    refused = httpx.post(url, params={"format": "json", "encoding": "list"}, files=files, timeout=120)
+    seconds = time.perf_counter() - started
+    peak = status_bytes(pid, "VmHWM") - before
+    # the same request in npz fits: 9 x ~1.2 M float32
+    npz = httpx.post(url, params={"format": "npz"}, files=files, timeout=120)
+    print(f"\n9-image list activations: {refused.status_code} in {seconds:.2f}s, peak +{peak / MB:.0f} MB")
     assert refused.status_code == 413 and refused.json()["error"]["code"] == "response_too_large"
     assert npz.status_code == 200 and len(npz.content) < 64 * MB
     assert peak < 100 * MB  # the list text alone would be ~90 MB, and its pieces as much again
