@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--out", type=Path, default=Path("models"), help="the model store (default: models)")
     train.add_argument(
+        "--no-export",
+        action="store_true",
+        help="write model.keras and its card only, not the ONNX/OpenVINO files (a few seconds a run); add them "
+        "later with `python -m training export <version folder>`, or let the service export at load",
+    )
+    train.add_argument(
         "--reference", type=Path, help="a version trained with --arch seed, to compare against in the card"
     )
     train.add_argument("--download", action="store_true", help="fetch the public archive into --data first")
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loading {task.name} from {data_path} ...", flush=True)
         dataset = task.load(data_path, arch.input)
         command = "python -m training " + shlex.join(sys.argv[1:] if argv is None else argv)
-        train(task, arch, dataset, options, args.out, command, reference=args.reference)
+        train(task, arch, dataset, options, args.out, command, reference=args.reference, export=not args.no_export)
         return 0
     except (DatasetError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)

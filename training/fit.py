@@ -268,8 +268,10 @@ def train(
     command: str,
     reference: Path | None = None,
     log=print,
+    export: bool = True,
 ) -> tuple[Path, ModelCard]:
-    """Train `arch` on `dataset`, validate on the task's split, write a new version."""
+    """Train `arch` on `dataset`, validate on the task's split, write a new version (with its
+    ONNX/OpenVINO exports unless `export` is False)."""
     make_deterministic(options.seed)
     train_split, val_split = split_dataset(dataset, options.val_fraction, options.seed, task.split)
     log(
@@ -294,6 +296,7 @@ def train(
         card,
         parity_inputs=val_split.x[np.sort(picked)],
         parity_source=f"{len(picked)} validation images picked with seed {options.seed}",
+        export=export,
     )
     log(f"wrote {path}")
     return path, ModelCard.model_validate_json((path / CARD_FILE).read_text())

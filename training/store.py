@@ -20,17 +20,24 @@ from modelcard.exporting import FORMATS, export_model, exporter_available, write
 
 
 def write_version(
-    root: Path, model: keras.Model, card: ModelCard, parity_inputs: np.ndarray | None = None, parity_source: str = ""
+    root: Path,
+    model: keras.Model,
+    card: ModelCard,
+    parity_inputs: np.ndarray | None = None,
+    parity_source: str = "",
+    export: bool = True,
 ) -> Path:
     """Save `model` with `card` as the next version of `card.name`; returns its folder.
 
     The card's `version` and `sha256` are filled in here, and so are its `exports` (ONNX and
-    OpenVINO IR, for each exporter installed) and `parity_inputs` (real validation inputs the
-    service's parity gate checks other runtimes on), written in the same hidden folder.
+    OpenVINO IR, for each exporter installed, unless `export` is False) and `parity_inputs`
+    (real validation inputs the service's parity gate checks other runtimes on), written in the
+    same hidden folder.
     """
 
     def exports_and_parity(tmp: Path) -> dict:
-        exports = {fmt: export_model(model, tmp, fmt) for fmt in FORMATS if exporter_available(fmt) is None}
+        formats = [fmt for fmt in FORMATS if export and exporter_available(fmt) is None]
+        exports = {fmt: export_model(model, tmp, fmt) for fmt in formats}
         parity = None
         if parity_inputs is not None and len(parity_inputs):
             parity = write_parity_inputs(tmp, parity_inputs, card.input, parity_source)

@@ -79,9 +79,10 @@ def test_train_writes_a_loadable_version_with_a_complete_card(tmp_path, request,
 
 
 def test_a_second_run_is_a_new_version_keeps_the_first_and_same_seed_gives_same_weights(tmp_path, signs_h5):
-    first, _ = _train(tmp_path, "signs", signs_h5, "--arch", "seed")
+    first, first_card = _train(tmp_path, "signs", signs_h5, "--arch", "seed", "--no-export")
+    assert first_card.exports == {} and not list(first.glob("model.onnx")) and not list(first.glob("model.xml"))
     sha_before = file_sha256(first / "model.keras")
-    second, card = _train(tmp_path, "signs", signs_h5, "--arch", "seed", "--reference", str(first))
+    second, card = _train(tmp_path, "signs", signs_h5, "--arch", "seed", "--reference", str(first), "--no-export")
     assert (first.name, second.name) == ("1", "2")
     assert file_sha256(first / "model.keras") == sha_before
     assert card.reference is not None and card.reference.architecture == "seed"
@@ -131,6 +132,7 @@ def test_download_from_a_file_url_with_checksum_then_train_and_evaluate(tmp_path
             "1",
             "--batch-size",
             "256",
+            "--no-export",
             "--out",
             str(tmp_path / "m"),
         ]
@@ -171,7 +173,7 @@ def test_download_without_pinned_checksum_is_refused(tmp_path, capsys):
 
 
 def test_the_split_can_be_chosen_and_evaluate_uses_the_cards_or_another(tmp_path, fruits_recordings, capsys):
-    folder, card = _train(tmp_path, "fruits", fruits_recordings, "--split", "stratified")
+    folder, card = _train(tmp_path, "fruits", fruits_recordings, "--split", "stratified", "--no-export")
     assert card.training.split == "stratified" and card.data.validation_source.startswith("stratified 20%")
     assert sum(card.data.validation_counts.values()) == np.array(card.validation.confusion_matrix).sum()
     capsys.readouterr()
