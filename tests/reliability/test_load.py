@@ -199,5 +199,7 @@ def test_twenty_thousand_requests_from_64_clients(tmp_path, record_property):
 
     assert tally.failed == 0, f"{tally.failed} failed requests, e.g. {tally.failures}"
     assert tally.requests == REQUESTS, f"only {tally.requests} requests in {TIME_LIMIT_SECONDS}s"
+    # the whole mix was sent, not one kind of request over and over
+    assert tally.images == sum(mix[i % len(mix)].images for i in range(REQUESTS)), figures
     assert after - baseline <= RSS_ALLOWANCE_BYTES, figures
     assert "Traceback" not in log
