@@ -10,12 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +34,31 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@dataclass(frozen=True)
+class Payload:
+    path: str
+    content: bytes
+    headers: dict[str, str]
+    images: int
+
+
+def encoded(path: str, images: int, **kwargs) -> Payload:
+    """A POST encoded once (multipart bodies included), so clients spend their CPU sending it."""
+    request = httpx.Request("POST", f"http://127.0.0.1{path}", **kwargs)
+    content = request.read()
+    return Payload(path, content, {"content-type": request.headers["content-type"]}, images)
+
+
+def request_statuses(url: str, route: str = "") -> Counter[str]:
+    """Requests a live server has answered, by status, from its /metrics (routes containing `route`)."""
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "http_requests_total" and route in sample.labels.get("route", ""):
+                counts[sample.labels["status"]] += int(sample.value)
+    return counts
 
 
 @dataclass

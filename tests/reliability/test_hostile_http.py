@@ -16,7 +16,7 @@ from html.parser import HTMLParser
 import httpx
 import pytest
 
-from tests.live_server import serve
+from tests.live_server import request_statuses, serve
 from tests.service.conftest import grey_image
 
 TIMEOUTS = {"HEADER_TIMEOUT_SECONDS": "1", "BODY_TIMEOUT_SECONDS": "1", "KEEP_ALIVE_TIMEOUT_SECONDS": "1"}
@@ -64,14 +64,6 @@ def status_of(response: bytes) -> int:
     match = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
     assert match, response[:200]
     return int(match.group(1))
-
-
-def metrics_statuses(server, headers: dict | None = None) -> dict[str, float]:
-    text = httpx.get(server.url + "/metrics", headers=headers or {}, timeout=5).text
-    counts: dict[str, float] = {}
-    for status, value in re.findall(r'^http_requests_total\{.*status="(\d+)".*\} ([0-9.e+]+)$', text, re.MULTILINE):
-        counts[status] = counts.get(status, 0) + float(value)
-    return counts
 
 
 # ---------------------------------------------------------------------------------- headers
@@ -187,7 +179,7 @@ def post_head(length: int, boundary: str = "b") -> bytes:
 
 
 def test_a_body_shorter_than_its_content_length_and_a_trickle_are_timed_out(open_server):
-    before = metrics_statuses(open_server)
+    before = request_statuses(open_server.url)
     short = connect(open_server)
     started = time.perf_counter()
     short.sendall(post_head(100_000) + b"--b\r\n")
@@ -212,13 +204,13 @@ def test_a_body_shorter_than_its_content_length_and_a_trickle_are_timed_out(open
     trickle.close()
     assert status_of(response) == 408
     assert time.perf_counter() - started < 2.5
-    after = metrics_statuses(open_server)
+    after = request_statuses(open_server.url)
     assert after.get("408", 0) - before.get("408", 0) == 2
     assert after.get("500", 0) == before.get("500", 0)
 
 
 def test_abandoned_uploads_are_no_server_error(open_server):
-    before = metrics_statuses(open_server)
+    before = request_statuses(open_server.url)
     log_before = open_server.log_path.read_text(errors="replace")
     for _ in range(5):
         sock = connect(open_server)
@@ -227,7 +219,7 @@ def test_abandoned_uploads_are_no_server_error(open_server):
         time.sleep(0.05)
         sock.close()  # mid-body
     time.sleep(0.5)
-    after = metrics_statuses(open_server)
+    after = request_statuses(open_server.url)
     assert after.get("500", 0) == before.get("500", 0), after
     assert after.get("499", 0) - before.get("499", 0) == 5, after
     new_log = open_server.log_path.read_text(errors="replace")[len(log_before) :]

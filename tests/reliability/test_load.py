@@ -18,12 +18,11 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
-import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.live_server import rss_bytes, serve
+from tests.live_server import Payload, encoded, rss_bytes, serve
 from tests.reliability.conftest import copy_shipped_digits
 
 REQUESTS = 20_000
@@ -54,21 +53,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-@dataclass(frozen=True)
-class Payload:
-    path: str
-    content: bytes
-    headers: dict[str, str]
-    images: int
-
-
-def encoded(path: str, images: int, **kwargs) -> Payload:
-    """A request encoded once (multipart bodies included), so clients spend their CPU sending it."""
-    request = httpx.Request("POST", f"http://127.0.0.1{path}", **kwargs)
-    content = request.read()
-    return Payload(path, content, {"content-type": request.headers["content-type"]}, images)
 
 
 def payloads() -> list[Payload]:
