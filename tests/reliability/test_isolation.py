@@ -5,7 +5,7 @@
   model under 500 ms;
 - nine images' activations as JSON lists, over the response budget: refused before the text is
   built (peak memory and time measured);
-- filling the input cache twice over: the process grows by about its budget, not twice it;
+- filling the input cache, then sending as much again: the second half does not grow the process;
 - predictions for digits at concurrency 8 while clients hammer activations and Grad-CAM: p99
   within 2x of the quiet p99, no error (the figure `bench/bench_isolation.py` measures).
 
@@ -16,9 +16,11 @@ loop is bounded in requests and time. The figures are printed (`pytest -s`).
 
 from __future__ import annotations
 
-import asyncio
 import io
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,13 +31,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.bench_isolation import measure
 from modelcard import InputSpec
 from tests.live_server import encoded, request_statuses, serve
 from tests.reliability.conftest import copy_shipped_digits, write_model
 from tests.service.conftest import grey_image
 
 MB = 1024 * 1024
+BENCH_ISOLATION = Path(__file__).resolve().parents[2] / "bench" / "bench_isolation.py"
 WIDE_SPEC = InputSpec(height=128, width=128, channels=3, color_mode="rgb")
 
 
@@ -211,6 +213,11 @@ def test_an_over_budget_list_answer_is_refused_before_it_is_built(server):
 
 
 def test_the_input_cache_holds_about_its_budget(store, tmp_path):
+    """Fill the cache, then send as much again: the second half must not grow the process.
+
+    The growth while filling includes one-off costs (allocator arenas, buffers) that vary
+    between machines; the growth once the cache is full is what shows it holds its budget.
+    """
     budget = 8 * MB
     images = [("file", (f"{i}.png", grey_image(i % 256))) for i in range(512)]
     body = encoded("/models/grey/predict", len(images), files=images)  # the server's CPU goes to the 32,000 images
@@ -218,33 +225,43 @@ def test_the_input_cache_holds_about_its_budget(store, tmp_path):
     with serve(store, tmp_path / "server.log", **env) as server, httpx.Client(timeout=60) as client:
         pid = server.process.pid
         url = server.url + "/models/grey/predict"
-        for _ in range(5):
-            assert client.post(url, content=body.content, headers=body.headers).status_code == 200
-        before = status_bytes(pid, "VmRSS")
-        started = time.monotonic()
-        sent = 0
-        while sent < 63 and time.monotonic() - started < 90:  # ~32,000 images: twice what fits
-            assert client.post(url, content=body.content, headers=body.headers).status_code == 200
-            sent += 1
-        grown = status_bytes(pid, "VmRSS") - before
-        held = float(
-            next(
-                line for line in client.get(server.url + "/metrics").text.splitlines() if line.startswith("input_")
-            ).split()[-1]
+
+        def held() -> float:
+            metrics = client.get(server.url + "/metrics").text.splitlines()
+            return float(next(line for line in metrics if line.startswith("input_")).split()[-1])
+
+        def send(requests: int) -> None:
+            for _ in range(requests):
+                assert client.post(url, content=body.content, headers=body.headers).status_code == 200
+
+        send(5)  # the server's one-off costs (traces, buffers) before the first reading
+        started = status_bytes(pid, "VmRSS")
+        filling = 0
+        while held() < 0.9 * budget and filling < 64:
+            send(4)
+            filling += 4
+        full = status_bytes(pid, "VmRSS")
+        send(filling)  # as many images again: every one evicts another
+        grown_full, grown_after = full - started, status_bytes(pid, "VmRSS") - full
+        counted = held()
+        print(
+            f"\ninput cache: {2 * filling * 512} images in two halves, counted {counted / MB:.1f} MB,"
+            f" grew {grown_full / MB:.1f} MB filling and {grown_after / MB:.1f} MB once full"
         )
-        print(f"\ninput cache: {sent * 512} images sent, counted {held / MB:.1f} MB, process grew {grown / MB:.1f} MB")
-    assert sent >= 38, "too slow to fill the cache over"
-    assert budget * 0.9 < held <= budget
-    assert grown < 1.25 * budget
+    assert budget * 0.9 < counted <= budget
+    assert grown_full < 2 * budget  # what it holds is about what it counts, plus one-off costs
+    assert grown_after < 0.5 * budget  # a full cache evicts instead of growing
 
 
 def test_predictions_keep_their_p99_while_inspection_is_hammered(tmp_path):
+    """The clients run in their own process, as in bench/: not in this one, whose heap (TensorFlow
+    and the suite so far) gives its own garbage-collection pauses to whatever it times."""
     root = tmp_path / "models"
     copy_shipped_digits(root)
     with serve(root, tmp_path / "server.log", INFERENCE_RUNTIME="auto") as server:  # the default, as bench/ runs it
-        figures = asyncio.run(measure(server.url, rounds=2, requests=600))
-    summary = figures.summary()
+        command = [sys.executable, str(BENCH_ISOLATION), "--url", server.url, "--rounds", "3", "--requests", "400"]
+        summary = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, timeout=300).stdout)
     print("\n", summary)
     assert set(summary["prediction_statuses"]) == {"200"}, summary
-    assert summary["inspection_statuses"].get(200, 0) > 20, summary  # inspection did run
+    assert summary["inspection_statuses"].get("200", 0) > 20, summary  # inspection did run
     assert summary["ratio_p99"] <= 2.0, summary
