@@ -107,6 +107,10 @@ class Batcher:
         rows = await asyncio.gather(*(item.future for item in items))
         return np.stack(rows)
 
+    def replace(self, run_batch: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Send the next batches to `run_batch` (a batch running now finishes on the old one)."""
+        self._run_batch = run_batch
+
     async def close(self) -> None:
         """Refuse new images, serve those already queued, then stop the workers."""
         self._closing = True

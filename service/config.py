@@ -91,7 +91,14 @@ class Settings(BaseSettings):
     parity_tolerance: float = Field(1e-4, gt=0, description="largest |probability difference| the gate accepts")
     runtime_cache_dir: Path = Field(
         Path(tempfile.gettempdir()) / "keras-serve-cache",
-        description="where versions without exported files are exported at load (never the store)",
+        description="where versions without exported files are exported at load (never the store), and where "
+        "`auto` decisions are kept with the Keras outputs they were gated against",
+    )
+    keras_wait_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="a version served from a cached decision loads its Keras model after turning ready; "
+        "requests that need its layers wait this long for it, then get 503",
     )
     openvino_performance_hint: Literal["latency", "throughput"] = Field("latency", description="OpenVINO CPU hint")
     runtime_timing_repeats: int = Field(3, gt=0, description="interleaved timed calls per runtime and batch size")

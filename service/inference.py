@@ -4,6 +4,10 @@ Nothing here knows about HTTP or asyncio. `model.predict` is never used on the r
 it sets up a data pipeline per call (tens of milliseconds) for a model that runs in well under
 one. Instead each loaded version gets one `tf.function` with a fixed input signature (batch
 dimension unknown, so it is traced exactly once) and is called once per batch.
+
+TensorFlow and Keras are imported where they are first needed, not with this module: a version
+served from a cached runtime decision starts answering predictions before they are imported
+(`service.registry`).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from modelcard import InputSpec
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,8 @@ def configure_tensorflow_threads(intra_op: int, inter_op: int) -> bool:
         True if these numbers are now in force.
     """
     global _threads_configured
+    import tensorflow as tf
+
     with _threads_lock:
         if _threads_configured is not None:
             if _threads_configured != (intra_op, inter_op):
@@ -160,7 +168,10 @@ class Classifier(BatchRuntime):
         self, model: keras.Model, spec: InputSpec, num_classes: int, max_batch_size: int, pad_batches: bool = False
     ) -> None:
         super().__init__(spec, num_classes, max_batch_size, pad_batches)
+        import tensorflow as tf
+
         self.model = model
+        self._constant = tf.constant
         self._check_shapes()
         signature = tf.TensorSpec((None, *spec.shape), tf.float32, name="image")
         serve = tf.function(lambda x: model(x, training=False), input_signature=[signature], autograph=False)
@@ -177,4 +188,4 @@ class Classifier(BatchRuntime):
             raise ValueError(f"model output {got} does not match the card's {self.num_classes} classes")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._function(tf.constant(batch)).numpy()
+        return self._function(self._constant(batch)).numpy()

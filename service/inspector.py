@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from service import rendering
-from service.activations import ActivationProbe
 from service.errors import (
     ActivationsUnavailable,
     BadRequest,
@@ -41,6 +40,9 @@ from service.input_cache import CachedInput, InputCache
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.registry import ModelRegistry, ModelVersion
+
+if TYPE_CHECKING:
+    from service.activations import ActivationProbe
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,7 @@ class Inspector:
         `gone` is `Predictor.prepare`'s: decoding stops for a client that has hung up.
         """
         entry = self.registry.resolve(name, version)
-        self._probe(entry)
+        await self._probe(entry)
         assert entry.card is not None  # resolve() returns ready versions only
         with self._admitted("activations"):
             arrays = await self.predictor.prepare(inputs, entry.card.input, gone)
@@ -202,7 +204,7 @@ class Inspector:
         Raises:
             ActivationsUnavailable, UnknownLayer, ResponseTooLarge.
         """
-        probe = self._probe(entry)
+        probe = await self._probe(entry)
         names = probe.select(names)
         self._check_size(4 * len(batch) * sum(probe.layers[name].values for name in names), "ask for fewer layers")
         return await self._infer(probe, batch, names)
@@ -210,7 +212,7 @@ class Inspector:
     async def _activations(
         self, entry: ModelVersion, batch: np.ndarray, ids: list[str], query: ActivationsQuery
     ) -> Rendered:
-        probe = self._probe(entry)
+        probe = await self._probe(entry)
         headers = _headers(entry, ids)
         if query.format == "png":
             return await self._activation_grid(probe, batch, query, headers)
@@ -280,7 +282,7 @@ class Inspector:
             ResponseTooLarge: over the byte budget.
         """
         entry = self.registry.resolve(name, version)
-        probe = self._probe(entry)
+        probe = await self._probe(entry)
         with self._admitted("kernels"):
             return await self._kernels(entry, probe, layer, format, encoding, scale)
 
@@ -335,7 +337,7 @@ class Inspector:
             PredictionNotFound, UnknownLayer, UnsuitableLayer, BadRequest (unknown class), ResponseTooLarge.
         """
         cached, entry = self._lookup(prediction_id)
-        probe = self._probe(entry)
+        probe = await self._probe(entry)
         assert entry.card is not None  # _lookup() resolves to a ready version
         classes = entry.card.class_names
         if label is not None and label not in classes:
@@ -405,8 +407,8 @@ class Inspector:
             ) from None
         return cached, entry
 
-    @staticmethod
-    def _probe(entry: ModelVersion) -> ActivationProbe:
+    async def _probe(self, entry: ModelVersion) -> ActivationProbe:
+        await self.registry.inspectable(entry)
         if entry.probe is None:
             raise ActivationsUnavailable(f"{entry.name} version {entry.version} cannot be probed for activations")
         return entry.probe

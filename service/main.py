@@ -18,7 +18,6 @@ from service.api.page import PAGE_PATHS
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.heap import freeze_when_loaded
-from service.inference import configure_tensorflow_threads
 from service.input_cache import InputCache
 from service.inspector import EXPOSED_HEADERS, Inspector, lower_thread_priority
 from service.metrics import Metrics
@@ -50,8 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # before anything touches TensorFlow: the pools are sized once per process
-        configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         inference_executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         inspection_executor = ThreadPoolExecutor(

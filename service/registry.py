@@ -11,6 +11,13 @@ resolved, so it finishes on that version even if a newer one becomes the default
 A version that fails is reported with a reason, and the versions already loaded keep serving.
 Each model's newest version is loaded first; the service counts as ready (`all_ready`) once
 those are, and warms each version's activation probe right after it turns ready.
+
+A version whose runtime was chosen at an earlier start (`RUNTIME_CACHE_DIR` holds the decision
+and the Keras outputs it was gated against) turns ready without its Keras model: the runtime
+is gated against those outputs and serves predictions at once, before TensorFlow is even
+imported. Its Keras model loads next, on the same load thread, and confirms the choice on
+the same inputs; until then, requests that need layers (activations, kernels, Grad-CAM,
+`/models/{name}`, v2 metadata and inference) wait for it (`inspectable`).
 """
 
 from __future__ import annotations
@@ -25,17 +32,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from modelcard import CARD_FILE, MODEL_FILE, ChecksumMismatch, ModelCard, list_versions, load_verified_model
-from service.activations import ActivationProbe
+from modelcard import (
+    CARD_FILE,
+    MODEL_FILE,
+    ChecksumMismatch,
+    ModelCard,
+    list_versions,
+    load_verified_model,
+    verify_sha256,
+)
 from service.batching import Batcher
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
-from service.inference import BatchRuntime, Classifier, LayerInfo, describe_layers
+from service.inference import BatchRuntime, Classifier, LayerInfo, configure_tensorflow_threads, describe_layers
 from service.metrics import Metrics
-from service.runtimes import RuntimeChoice, choose_runtime
+from service.runtimes import RuntimeChoice, choose_runtime, confirm_with_keras, reuse_without_keras
 
 if TYPE_CHECKING:
     import keras
+
+    from service.activations import ActivationProbe
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +78,8 @@ class ModelVersion:
     batcher: Batcher | None = None
     load_seconds: float | None = None
     files_signature: tuple = ()
+    # set once the Keras model is loaded (layers, probe): at `ready`, or after it (see the module doc)
+    inspectable: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def ready(self) -> bool:
@@ -76,6 +94,7 @@ class _Loaded:
     probe: ActivationProbe | None
     layers: list[LayerInfo]
     seconds: float
+    keras_loaded: bool = True  # False: served from a cached decision, the Keras model loads next
 
 
 class ModelRegistry:
@@ -213,6 +232,30 @@ class ModelRegistry:
             loaded.classifier.name,
             loaded.runtime.decided_by,
         )
+        if not loaded.keras_loaded:
+            keras_loading = loop.run_in_executor(self._load_executor, self._load_keras, entry, loaded.runtime)
+            self._warming.add(keras_loading)  # the heap is frozen once it is done
+            try:
+                loaded = await keras_loading
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                reason = f"the Keras model failed to load: {self._describe_failure(entry, error)}"
+                log.warning("%s version %d stops serving: %s", entry.name, entry.version, reason)
+                entry.state, entry.reason = FAILED, reason
+                self.metrics.set_model_state(entry.name, entry.version, FAILED)
+                entry.inspectable.set()
+                await batcher.close()
+                return
+            finally:
+                self._warming.discard(keras_loading)
+            if loaded.classifier is not entry.classifier:
+                batcher.replace(loaded.classifier)
+                entry.classifier = loaded.classifier
+                self.metrics.set_model_runtime(entry.name, entry.version, loaded.classifier.name, "f32")
+            entry.runtime, entry.probe, entry.layers = loaded.runtime, loaded.probe, loaded.layers
+            log.info("%s version %d: Keras model loaded in %.2fs", entry.name, entry.version, loaded.seconds)
+        entry.inspectable.set()
         if entry.probe is not None and self.settings.warm_activation_probes:
             # After `ready`, on the load thread (behind any other loads): predictions never wait for
             # it, and an activations request meanwhile compiles what it needs under the probe's lock.
@@ -229,20 +272,48 @@ class ModelRegistry:
         if card.name != entry.name or card.version != entry.version:
             raise _LoadError(f"card says {card.name!r} version {card.version}, found in {entry.name}/{entry.version}")
         entry.card = card  # visible to /models even if the rest fails
-        try:
-            model = load_verified_model(entry.path / MODEL_FILE, card.sha256)
-        except ChecksumMismatch as error:
-            raise _LoadError(str(error)) from None
+        describe = lambda error: self._describe_failure(entry, error)  # noqa: E731
+        cached = reuse_without_keras(card, entry.path, self.settings, describe)
+        if cached is not None:
+            try:  # a corrupt model file fails the version now, as it would with Keras loaded
+                verify_sha256(entry.path / MODEL_FILE, card.sha256)
+            except ChecksumMismatch as error:
+                raise _LoadError(str(error)) from None
+            return _Loaded(card, cached.runtime, cached, None, [], time.perf_counter() - started, keras_loaded=False)
+        model = self._load_model(entry, card)
         classifier = Classifier(
             model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
         )
-        runtime = choose_runtime(
-            model, card, entry.path, self.settings, classifier, lambda error: self._describe_failure(entry, error)
-        )
+        runtime = choose_runtime(model, card, entry.path, self.settings, classifier, describe)
         probe = self._build_probe(entry, model, card)
         return _Loaded(card, runtime.runtime, runtime, probe, describe_layers(model), time.perf_counter() - started)
 
+    def _load_keras(self, entry: ModelVersion, choice: RuntimeChoice) -> _Loaded:
+        """The Keras half of a version already serving from a cached decision: model, probe, layers,
+        and the choice confirmed against it (or TensorFlow instead, if they disagree)."""
+        started = time.perf_counter()
+        card = entry.card
+        assert card is not None
+        model = self._load_model(entry, card)
+        classifier = Classifier(
+            model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
+        )
+        confirmed = confirm_with_keras(choice, card, entry.path, classifier, self.settings.parity_tolerance)
+        probe = self._build_probe(entry, model, card)
+        layers = describe_layers(model)
+        return _Loaded(card, confirmed.runtime, confirmed, probe, layers, time.perf_counter() - started)
+
+    def _load_model(self, entry: ModelVersion, card: ModelCard) -> keras.Model:
+        # the first TensorFlow use of the process sizes its thread pools (later calls are no-ops)
+        configure_tensorflow_threads(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
+        try:
+            return load_verified_model(entry.path / MODEL_FILE, card.sha256)
+        except ChecksumMismatch as error:
+            raise _LoadError(str(error)) from None
+
     def _build_probe(self, entry: ModelVersion, model: keras.Model, card: ModelCard) -> ActivationProbe | None:
+        from service.activations import ActivationProbe  # TensorFlow: imported with the first Keras model
+
         # A model that predicts but cannot be probed still serves predictions.
         try:
             return ActivationProbe(
@@ -344,6 +415,23 @@ class ModelRegistry:
         if not entry.ready:
             detail = f": {entry.reason}" if entry.reason else ""
             raise ModelNotReady(f"model {name!r} version {version} is {entry.state}{detail}")
+        return entry
+
+    async def inspectable(self, entry: ModelVersion) -> ModelVersion:
+        """`entry` once its Keras model is loaded (at most `KERAS_WAIT_SECONDS` of waiting).
+
+        Raises:
+            ModelNotReady: it is still loading after that, or it failed meanwhile.
+        """
+        if not entry.inspectable.is_set():
+            try:
+                await asyncio.wait_for(entry.inspectable.wait(), self.settings.keras_wait_seconds)
+            except TimeoutError:
+                raise ModelNotReady(
+                    f"model {entry.name!r} version {entry.version} serves predictions; its layers are still loading"
+                ) from None
+        if entry.state != READY:
+            raise ModelNotReady(f"model {entry.name!r} version {entry.version} is {entry.state}: {entry.reason}")
         return entry
 
     def all_ready(self) -> bool:

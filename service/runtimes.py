@@ -11,8 +11,12 @@ batch sizes the batcher sends (the smallest and the largest), interleaved, and
 the fastest serves; a named runtime serves if it passes the gate. The `auto` decision is kept
 in `RUNTIME_CACHE_DIR`, keyed by everything it depends on (the model's and exports' sha256,
 the libraries' versions, the CPU, the settings that shape a call): a restart with the same
-cache builds and gates only the runtime chosen before, and times nothing. Nothing here
-knows HTTP.
+cache builds and gates only the runtime chosen before, and times nothing.
+
+The decision also keeps the Keras model's outputs on the gate inputs. A restart can therefore
+gate the chosen runtime against them and serve predictions before Keras (and TensorFlow) is
+even imported (`reuse_without_keras`). The Keras model, loaded afterwards for activations,
+then confirms that choice on the same inputs (`confirm_with_keras`). Nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -170,15 +174,23 @@ def gate_inputs(card: ModelCard, folder: Path) -> tuple[np.ndarray, str]:
     return np.concatenate([noise, real]), f"{NOISE_IMAGES} seeded noise + {len(real)} real images ({stored.source})"
 
 
+class NeedsKeras(LookupError):
+    """The runtime's files are neither in the store nor in the cache: exporting them needs the Keras model."""
+
+
 def _predict_all(runtime: BatchRuntime, inputs: np.ndarray) -> np.ndarray:
     step = runtime.max_batch_size
     return np.concatenate([runtime(inputs[i : i + step]) for i in range(0, len(inputs), step)])
 
 
 def _artifact_folder(
-    fmt: ExportFormat, model: keras.Model, card: ModelCard, folder: Path, cache_root: Path
+    fmt: ExportFormat, model: keras.Model | None, card: ModelCard, folder: Path, cache_root: Path
 ) -> tuple[Path, str]:
-    """Where `fmt`'s files are: the store (checked), the cache, or freshly exported into the cache."""
+    """Where `fmt`'s files are: the store (checked), the cache, or freshly exported into the cache.
+
+    Raises:
+        NeedsKeras: they must be exported and `model` is None.
+    """
     record = card.exports.get(fmt)
     if record is not None:
         for filename, digest in record.files.items():
@@ -188,6 +200,8 @@ def _artifact_folder(
     cached = Path(cache_root) / card.name / str(card.version) / card.sha256[:16] / fmt
     if all((cached / name).is_file() for name in EXPORT_FILES[fmt]):
         return cached, "cache"
+    if model is None:
+        raise NeedsKeras(f"no {fmt} files in the store or the cache")
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.parent / f".tmp-{fmt}-{uuid.uuid4().hex}"
     tmp.mkdir()
@@ -265,7 +279,7 @@ def decision_key(card: ModelCard, settings: Settings) -> str:
     facts = {
         "model": card.sha256,
         "exports": {fmt: record.files for fmt, record in sorted(card.exports.items())},
-        "libraries": {name: _version_of(name) for name in ("tensorflow", "onnxruntime", "openvino")},
+        "libraries": {name: _version_of(name) for name in ("tensorflow", "keras", "onnxruntime", "openvino")},
         "cpu": [_cpu_name(), os.cpu_count()],
         "settings": [
             settings.inference_precision,
@@ -297,12 +311,20 @@ def _read_decision(path: Path) -> dict | None:
         return None  # none yet, or unreadable: decide afresh
 
 
-def _write_decision(path: Path, best: Candidate, timed: list[Candidate]) -> None:
+def _inputs_digest(inputs: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(inputs, np.float32).tobytes()).hexdigest()
+
+
+def _write_decision(
+    path: Path, best: Candidate, timed: list[Candidate], inputs: np.ndarray, expected: np.ndarray
+) -> None:
     decision = {
         "runtime": best.runtime,
         "precision": best.precision,
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "timings_ms": {f"{c.runtime} {c.precision}": c.timings_ms for c in timed},
+        # the Keras model's probabilities on the gate inputs: a restart gates against these before loading Keras
+        "reference": {"inputs_sha256": _inputs_digest(inputs), "outputs": expected.tolist()},
     }
     tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")
     try:
@@ -367,7 +389,7 @@ def choose_runtime(
             f"auto: fastest at batch sizes {sizes} (median of {settings.runtime_timing_repeats} interleaved calls each)"
         )
         assert cache is not None
-        _write_decision(cache, best, timed)
+        _write_decision(cache, best, timed, inputs, expected)
     elif requested == "auto":
         best, decided_by = reference, "auto: no other runtime passed the gate"
     elif requested == "tensorflow":
@@ -397,6 +419,102 @@ def _serve(
     )
 
 
+def _cached_note(cached: dict) -> str:
+    when, timings = cached.get("decided_at", "?"), cached.get("timings_ms", {})
+    return f"auto: the decision cached at {when} (timings then, ms by batch size: {timings})"
+
+
+def _cached_reference(cached: dict, inputs: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """The Keras outputs stored with a decision, if they are for exactly these gate inputs."""
+    reference = cached.get("reference")
+    if not isinstance(reference, dict) or reference.get("inputs_sha256") != _inputs_digest(inputs):
+        return None
+    try:
+        outputs = np.asarray(reference["outputs"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return outputs if outputs.shape == (len(inputs), num_classes) else None
+
+
+def reuse_without_keras(
+    card: ModelCard, folder: Path, settings: Settings, describe: Callable[[Exception], str] = str
+) -> RuntimeChoice | None:
+    """The runtime of a cached `auto` decision, gated against the Keras outputs cached with it.
+
+    Nothing here imports Keras or TensorFlow. None when that is not possible: no cached decision
+    (or one for TensorFlow, or one without outputs for these gate inputs), its files would have
+    to be exported, or its runtime fails the gate now. The caller then loads Keras and decides
+    as `choose_runtime` does; otherwise it confirms the choice with `confirm_with_keras` later.
+    """
+    if settings.inference_runtime != "auto":
+        return None
+    cached = _read_decision(_decision_path(card, settings))
+    if cached is None or cached["runtime"] == "tensorflow":
+        return None
+    inputs, inputs_description = gate_inputs(card, folder)
+    expected = _cached_reference(cached, inputs, card.num_classes)
+    if expected is None:
+        return None
+    note = _cached_note(cached)
+    best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
+    try:
+        _try(best, None, card, folder, settings, inputs, expected, describe)
+    except NeedsKeras:
+        return None
+    best.gate_inputs = len(inputs)
+    if best.instance is None:
+        log.info("%s v%d: the cached runtime fails the cached reference; loading Keras", card.name, card.version)
+        return None
+    reference = Candidate(
+        "tensorflow", state="not tried", reason="the reference: its outputs were cached with the decision"
+    )
+    others = [Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime]
+    return _serve(
+        best,
+        reference,
+        [best, *others],
+        "auto",
+        f"{note}; gate on {inputs_description}, against the Keras outputs cached with the decision",
+    )
+
+
+def confirm_with_keras(
+    choice: RuntimeChoice, card: ModelCard, folder: Path, tensorflow: Classifier, tolerance: float
+) -> RuntimeChoice:
+    """Check a `reuse_without_keras` choice against the loaded Keras model on the same gate inputs.
+
+    Returns the choice with TensorFlow shown as the reference it was checked against, or, if the
+    serving runtime no longer agrees with Keras (the cached outputs were wrong), TensorFlow itself,
+    warmed, to be swapped in.
+    """
+    inputs, _ = gate_inputs(card, folder)
+    expected = _predict_all(tensorflow, inputs)
+    got = _predict_all(choice.runtime, inputs)
+    tolerance = BF16_TOLERANCE if choice.precision == "bf16" else tolerance
+    diff = float(np.abs(got - expected).max())
+    flips = int((got.argmax(axis=1) != expected.argmax(axis=1)).sum())
+    reference = choice.candidates[0]
+    reference.state, reference.instance = "accepted", None
+    if not flips and diff <= tolerance:
+        reference.reason = f"the reference: the loaded Keras model agrees with the serving runtime within {diff:.1e}"
+        return choice
+    log.warning(
+        "%s v%d: %s disagrees with the loaded Keras model (max |diff| %.2e, %d argmax differ); TensorFlow takes over",
+        card.name,
+        card.version,
+        choice.runtime.name,
+        diff,
+        flips,
+    )
+    for candidate in choice.candidates[1:]:
+        if candidate.state == "in use":
+            candidate.state = "refused"
+            candidate.reason = f"disagreed with the loaded Keras model: max |diff| {diff:.2e}, {flips} argmax differ"
+    reference.reason = "the reference: the Keras model itself"
+    reference.instance = tensorflow
+    return _serve(reference, reference, choice.candidates[1:], choice.requested, "auto: the cached choice failed")
+
+
 def _reuse(
     cached: dict,
     model: keras.Model,
@@ -410,8 +528,7 @@ def _reuse(
 ) -> tuple[Candidate, list[Candidate], str] | None:
     """(best, candidates, how it was decided) from a cached `auto` decision, if its runtime still
     passes the gate; None when it does not (a changed file, a failing gate): decide afresh."""
-    when, timings = cached.get("decided_at", "?"), cached.get("timings_ms", {})
-    note = f"auto: the decision cached at {when} (timings then, ms by batch size: {timings})"
+    note = _cached_note(cached)
     best = reference
     if cached["runtime"] != "tensorflow":
         best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
@@ -425,7 +542,7 @@ def _reuse(
 
 def _try(
     candidate: Candidate,
-    model: keras.Model,
+    model: keras.Model | None,
     card: ModelCard,
     folder: Path,
     settings: Settings,
@@ -442,6 +559,8 @@ def _try(
         artifacts, candidate.artifact = _artifact_folder(fmt, model, card, folder, settings.runtime_cache_dir)
         runtime = build_runtime(name, precision, artifacts, settings, card)
         got = _predict_all(runtime, inputs)  # only the chosen runtime is warmed on every bucket, later
+    except NeedsKeras:
+        raise
     except ChecksumMismatch as error:
         candidate.reason = str(error)
         return

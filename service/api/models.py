@@ -71,7 +71,7 @@ async def describe_model(
     version: int | None = Query(None, ge=1, description="a specific version; default: the newest ready one"),
 ) -> ModelDetail:
     """One model version's card and layers (name, type, output shape): what activation requests need."""
-    entry = registry.resolve(name, version)
+    entry = await registry.inspectable(registry.resolve(name, version))  # the layers come from the Keras model
     if entry.card is None:  # resolve only returns ready versions; keeps type checkers honest
         raise ModelNotReady(f"model {name!r} has no card yet")
     layers = [

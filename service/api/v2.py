@@ -133,9 +133,9 @@ async def model_version_ready(request: Request, name: str, version: str) -> JSON
     return await _model_ready(request, name, version)
 
 
-def _metadata(request: Request, name: str, version: str | None) -> JSONResponse:
+async def _metadata(request: Request, name: str, version: str | None) -> JSONResponse:
     registry = request.app.state.registry
-    entry = registry.resolve(name, _version(name, version))
+    entry = await registry.inspectable(registry.resolve(name, _version(name, version)))  # layers are outputs
     spec, card = entry.card.input, entry.card
     layers = entry.probe.layers if entry.probe is not None else {}
     outputs = [
@@ -159,19 +159,21 @@ def _metadata(request: Request, name: str, version: str | None) -> JSONResponse:
 @router.get("/models/{name}", responses=_METADATA_ERRORS)
 async def model_metadata(request: Request, name: str) -> JSONResponse:
     """Model metadata: inputs `pixels` (UINT8 or FP32) and `image` (BYTES); outputs, each layer included."""
-    return _metadata(request, name, None)
+    return await _metadata(request, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", responses=_METADATA_ERRORS)
 async def model_version_metadata(request: Request, name: str, version: str) -> JSONResponse:
     """Metadata of one version of a model."""
-    return _metadata(request, name, version)
+    return await _metadata(request, name, version)
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     state = request.app.state
     started = time.perf_counter()
     entry = state.registry.resolve(name, _version(name, version))
+    if not entry.inspectable.is_set():  # layers are outputs too: they are known once the Keras model is loaded
+        entry = await state.registry.inspectable(entry)
     body = await request.body()
     arguments = (
         body,

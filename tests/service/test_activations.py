@@ -389,7 +389,7 @@ def test_a_model_that_cannot_be_probed_still_predicts(store, monkeypatch):
     def refuse(*args, **kwargs):
         raise ValueError("not a functional model")
 
-    monkeypatch.setattr("service.registry.ActivationProbe", refuse)
+    monkeypatch.setattr("service.activations.ActivationProbe", refuse)  # imported by the registry at load
     with TestClient(create_app(settings_for(store))) as client:
         wait_ready(client)
         prediction = predict_pixels(client, "grey", PIXELS[0][:, :, 0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from fastapi.testclient import TestClient
 from modelcard import CARD_FILE, EXPORT_FILES, ModelCard, file_sha256
 from modelcard.exporting import export_model
 from service.main import create_app
-from service.runtimes import decision_key
-from tests.service.conftest import build_colors_model, color_image, settings_for, wait_ready
+from service.registry import ModelRegistry
+from service.runtimes import decision_key, gate_inputs
+from tests.service.conftest import build_colors_model, color_image, settings_for, wait_ready, wait_until
 from training.export import export_version
 
 COLORS = [(200, 30, 30), (20, 220, 40), (10, 20, 250), (120, 110, 100)]
@@ -226,3 +228,85 @@ def test_a_store_without_exports_is_exported_into_the_cache_never_into_the_store
     assert cached == {"model.onnx", "model.xml", "model.bin"}
     assert len(list((cache / "decisions").rglob("*.json"))) == 1
     assert probabilities.argmax(axis=1).tolist()[:3] == [0, 1, 2]
+
+
+def decide_once(root: Path, settings, runtime: str) -> Path:
+    """Start once so `auto` caches its decision (with the Keras outputs), then make `runtime` the cached choice."""
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+    [decision_file] = (settings.runtime_cache_dir / "decisions" / "colors" / "1").glob("*.json")
+    decision = json.loads(decision_file.read_text())
+    assert len(decision["reference"]["outputs"]) == 8 + len(COLORS)  # Keras' answers on the gate inputs
+    decision_file.write_text(json.dumps(decision | {"runtime": runtime}))
+    return decision_file
+
+
+def test_a_restart_serves_from_the_cached_decision_before_the_keras_model_loads(exported_colors, tmp_path, monkeypatch):
+    root = store_with(tmp_path, exported_colors)
+    settings = settings_for(
+        root, inference_runtime="auto", runtime_cache_dir=tmp_path / "cache", keras_wait_seconds=0.3
+    )
+    decide_once(root, settings, "onnxruntime")
+    released = threading.Event()
+    load_keras = ModelRegistry._load_keras
+
+    def held_back(self, entry, choice):
+        assert released.wait(30)
+        return load_keras(self, entry, choice)
+
+    monkeypatch.setattr(ModelRegistry, "_load_keras", held_back)
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200, 30)
+        assert predict_all(client).argmax(axis=1).tolist()[:3] == [0, 1, 2]  # served without the Keras model
+        waiting = client.get("/models/colors")  # its layers are what is missing: 503 after keras_wait_seconds
+        assert waiting.status_code == 503 and "layers are still loading" in waiting.json()["error"]["message"]
+        image = client.post("/models/colors/predict", files={"file": ("r.png", color_image(COLORS[0]))})
+        assert client.get(f"/activations/{image.json()['predictions'][0]['id']}").status_code == 503
+        released.set()
+        wait_until(lambda: client.get("/models/colors").status_code == 200, 30)
+        info = runtime_of(client)
+        activations = client.get(f"/activations/{image.json()['predictions'][0]['id']}")
+        assert activations.status_code == 200
+    assert info["in_use"] == "onnxruntime" and "Keras outputs cached with the decision" in info["decided_by"]
+    assert candidate(info, "tensorflow")["reason"].startswith("the reference: the loaded Keras model agrees")
+    assert candidate(info, "onnxruntime")["max_abs_diff"] <= 1e-4
+
+
+def test_a_cached_reference_that_disagrees_is_caught_either_way(exported_colors, tmp_path):
+    root = store_with(tmp_path, exported_colors)
+    folder = root / "colors" / "1"
+    settings = settings_for(root, inference_runtime="auto", runtime_cache_dir=tmp_path / "cache")
+    decision_file = decide_once(root, settings, "onnxruntime")
+    decision = json.loads(decision_file.read_text())
+
+    # outputs nothing reproduces: the cached runtime fails the gate, so Keras loads first and decides
+    shifted = (np.array(decision["reference"]["outputs"]) + 0.01).tolist()
+    decision_file.write_text(json.dumps(decision | {"reference": decision["reference"] | {"outputs": shifted}}))
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        info = runtime_of(client)
+    assert "Keras outputs cached" not in info["decided_by"] and "decision cached at" in info["decided_by"]
+    assert info["in_use"] == "onnxruntime"  # the cached choice, gated against the Keras model itself
+
+    # outputs that a wrong export reproduces: it serves at first, the Keras model catches it, TensorFlow takes over
+    perturbed = build_colors_model()
+    kernel, bias = perturbed.get_layer("probabilities").get_weights()
+    perturbed.get_layer("probabilities").set_weights([kernel, bias + np.array([0.05, 0, 0], np.float32)])
+    card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
+    card = card.model_copy(update={"exports": {**card.exports, "onnx": export_model(perturbed, folder, "onnx")}})
+    (folder / CARD_FILE).write_text(card.model_dump_json())
+    inputs, _ = gate_inputs(card, folder)
+    wrong = perturbed(inputs).numpy().tolist()
+    key = decision_key(card, settings)  # the card changed (the export's sha256): the decision moves with it
+    reference = decision["reference"] | {"outputs": wrong}
+    (decision_file.parent / f"{key}.json").write_text(json.dumps(decision | {"reference": reference}))
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        info = runtime_of(client)
+        probabilities = predict_all(client)
+    assert info["in_use"] == "tensorflow"
+    refused = candidate(info, "onnxruntime")
+    assert refused["state"] == "refused" and refused["reason"].startswith("disagreed with the loaded Keras model")
+    np.testing.assert_allclose(
+        probabilities, build_colors_model()(np.stack([np.tile(np.float32(c), (8, 8, 1)) for c in COLORS])), atol=1e-4
+    )
