@@ -128,6 +128,17 @@ class ParityInputs(BaseModel):
     source: str = Field(description="where the images come from")
 
 
+class ParityReference(BaseModel):
+    """The Keras model's probabilities (float32 `.npy`, (n, classes)) on the gate's inputs: seeded
+    noise plus the stored real inputs (`modelcard.parity`). The service gates exported runtimes
+    against them before loading Keras; the Keras model confirms once it is loaded."""
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the float32 inputs they answer")
+    computed_by: str = Field(description="the Keras version and backend that computed them")
+
+
 class ModelCard(BaseModel):
     """Everything the service needs to load, check and describe one model version."""
 
@@ -155,6 +166,9 @@ class ModelCard(BaseModel):
         default_factory=dict, description="model.keras exported for ONNX Runtime / OpenVINO (optional)"
     )
     parity_inputs: ParityInputs | None = Field(None, description="real inputs for the runtime parity gate")
+    parity_reference: ParityReference | None = Field(
+        None, description="the Keras model's outputs on the gate inputs, to gate runtimes before Keras loads"
+    )
 
     @property
     def num_classes(self) -> int:

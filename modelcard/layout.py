@@ -14,6 +14,7 @@ CARD_FILE = "model.json"
 # optional, recorded in the card: the model exported for other runtimes, and the parity gate's real inputs
 EXPORT_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 PARITY_FILE = "parity_inputs.npy"
+PARITY_OUTPUTS_FILE = "parity_outputs.npy"
 
 
 def list_versions(root: Path, name: str) -> list[int]:

@@ -12,12 +12,14 @@ A version that fails is reported with a reason, and the versions already loaded 
 Each model's newest version is loaded first; the service counts as ready (`all_ready`) once
 those are, and warms each version's activation probe right after it turns ready.
 
-A version whose runtime was chosen at an earlier start (`RUNTIME_CACHE_DIR` holds the decision
-and the Keras outputs it was gated against) turns ready without its Keras model: the runtime
-is gated against those outputs and serves predictions at once, before TensorFlow is even
-imported. Its Keras model loads next, on the same load thread, and confirms the choice on
-the same inputs; until then, requests that need layers (activations, kernels, Grad-CAM,
-`/models/{name}`, v2 metadata and inference) wait for it (`inspectable`).
+A version whose Keras outputs on the parity gate's inputs are known (stored with the version
+by training, or cached with an earlier `auto` decision in `RUNTIME_CACHE_DIR`) turns ready
+without its Keras model: an exported runtime gated against those outputs serves predictions
+at once, before TensorFlow is even imported (`start_without_keras`). Its Keras model loads
+next, on the same load thread, confirms the choice on the same inputs, and is timed against
+it if `auto` has not timed it yet (`confirm_with_keras`); until then, requests that need
+layers (activations, kernels, Grad-CAM, `/models/{name}`, v2 metadata and inference) wait
+for it (`inspectable`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.inference import BatchRuntime, Classifier, LayerInfo, configure_tensorflow_threads, describe_layers
 from service.metrics import Metrics
-from service.runtimes import RuntimeChoice, choose_runtime, confirm_with_keras, reuse_without_keras
+from service.runtimes import RuntimeChoice, choose_runtime, confirm_with_keras, start_without_keras
 
 if TYPE_CHECKING:
     import keras
@@ -273,7 +275,7 @@ class ModelRegistry:
             raise _LoadError(f"card says {card.name!r} version {card.version}, found in {entry.name}/{entry.version}")
         entry.card = card  # visible to /models even if the rest fails
         describe = lambda error: self._describe_failure(entry, error)  # noqa: E731
-        cached = reuse_without_keras(card, entry.path, self.settings, describe)
+        cached = start_without_keras(card, entry.path, self.settings, describe)
         if cached is not None:
             try:  # a corrupt model file fails the version now, as it would with Keras loaded
                 verify_sha256(entry.path / MODEL_FILE, card.sha256)
@@ -298,7 +300,7 @@ class ModelRegistry:
         classifier = Classifier(
             model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
         )
-        confirmed = confirm_with_keras(choice, card, entry.path, classifier, self.settings.parity_tolerance)
+        confirmed = confirm_with_keras(choice, card, entry.path, classifier, self.settings)
         probe = self._build_probe(entry, model, card)
         layers = describe_layers(model)
         return _Loaded(card, confirmed.runtime, confirmed, probe, layers, time.perf_counter() - started)

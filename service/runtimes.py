@@ -42,6 +42,7 @@ import numpy as np
 
 from modelcard import EXPORT_FILES, ChecksumMismatch, ExportFormat, ModelCard, verify_sha256
 from modelcard.exporting import export_model
+from modelcard.parity import gate_inputs, inputs_digest, reference_outputs
 from service.inference import BatchRuntime, Classifier
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("openvino", "onnxruntime", "tensorflow")
 FORMAT_OF: dict[str, ExportFormat] = {"openvino": "openvino", "onnxruntime": "onnx"}
 BF16_TOLERANCE = 1e-2
-NOISE_IMAGES = 8
-NOISE_SEED = 20240612
 
 
 class OnnxRuntime(BatchRuntime):
@@ -153,25 +152,7 @@ class RuntimeChoice:
     precision: str
     candidates: list[Candidate]
     decided_by: str
-
-
-def gate_inputs(card: ModelCard, folder: Path) -> tuple[np.ndarray, str]:
-    """Seeded noise plus the version's stored real inputs (when present and intact)."""
-    rng = np.random.default_rng(NOISE_SEED)
-    noise = rng.uniform(0, 255, (NOISE_IMAGES, *card.input.shape)).astype(np.float32)
-    stored = card.parity_inputs
-    if stored is None:
-        return noise, f"{NOISE_IMAGES} seeded noise images (the version stores no real inputs)"
-    path = folder / stored.file
-    try:
-        verify_sha256(path, stored.sha256)
-        real = np.load(path, allow_pickle=False).astype(np.float32)
-        if real.shape[1:] != card.input.shape:
-            raise ValueError(f"shape {real.shape}")
-    except (OSError, ValueError) as error:
-        log.warning("%s v%d: parity inputs unusable (%s); gating on noise only", card.name, card.version, error)
-        return noise, f"{NOISE_IMAGES} seeded noise images (stored real inputs unusable: {error})"
-    return np.concatenate([noise, real]), f"{NOISE_IMAGES} seeded noise + {len(real)} real images ({stored.source})"
+    time_tensorflow: bool = False  # chosen before Keras loaded: TensorFlow is still to be timed against it
 
 
 class NeedsKeras(LookupError):
@@ -251,6 +232,11 @@ def _time(candidates: list[Candidate], shape: tuple[int, ...], sizes: list[int],
         candidate.instance.calls = 0
 
 
+def _timing_sizes(runtime: BatchRuntime) -> list[int]:
+    """The batch sizes `auto` times: the smallest and the largest the batcher sends."""
+    return sorted({runtime.warm_sizes[0], runtime.warm_sizes[-1]})
+
+
 def _score(candidate: Candidate, reference: Candidate) -> float:
     """Geometric mean over batch sizes of the time relative to TensorFlow (lower is faster)."""
     ratios = [candidate.timings_ms[s] / max(reference.timings_ms[s], 1e-9) for s in reference.timings_ms]
@@ -311,10 +297,6 @@ def _read_decision(path: Path) -> dict | None:
         return None  # none yet, or unreadable: decide afresh
 
 
-def _inputs_digest(inputs: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(inputs, np.float32).tobytes()).hexdigest()
-
-
 def _write_decision(
     path: Path, best: Candidate, timed: list[Candidate], inputs: np.ndarray, expected: np.ndarray
 ) -> None:
@@ -324,7 +306,7 @@ def _write_decision(
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "timings_ms": {f"{c.runtime} {c.precision}": c.timings_ms for c in timed},
         # the Keras model's probabilities on the gate inputs: a restart gates against these before loading Keras
-        "reference": {"inputs_sha256": _inputs_digest(inputs), "outputs": expected.tolist()},
+        "reference": {"inputs_sha256": inputs_digest(inputs), "outputs": expected.tolist()},
     }
     tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")
     try:
@@ -381,7 +363,7 @@ def choose_runtime(
             candidates[-1].reason = (candidates[-1].reason or "accepted in f32") + "; bf16 is offered by OpenVINO only"
     accepted = [c for c in candidates if c.instance is not None]
     timed = [reference, *accepted]
-    sizes = sorted({tensorflow.warm_sizes[0], tensorflow.warm_sizes[-1]})
+    sizes = _timing_sizes(tensorflow)
     if requested == "auto" and accepted:
         _time(timed, card.input.shape, sizes, settings.runtime_timing_repeats)
         best = min(timed, key=lambda c: _score(c, reference))
@@ -427,7 +409,7 @@ def _cached_note(cached: dict) -> str:
 def _cached_reference(cached: dict, inputs: np.ndarray, num_classes: int) -> np.ndarray | None:
     """The Keras outputs stored with a decision, if they are for exactly these gate inputs."""
     reference = cached.get("reference")
-    if not isinstance(reference, dict) or reference.get("inputs_sha256") != _inputs_digest(inputs):
+    if not isinstance(reference, dict) or reference.get("inputs_sha256") != inputs_digest(inputs):
         return None
     try:
         outputs = np.asarray(reference["outputs"], dtype=np.float32)
@@ -436,83 +418,138 @@ def _cached_reference(cached: dict, inputs: np.ndarray, num_classes: int) -> np.
     return outputs if outputs.shape == (len(inputs), num_classes) else None
 
 
-def reuse_without_keras(
+def start_without_keras(
     card: ModelCard, folder: Path, settings: Settings, describe: Callable[[Exception], str] = str
 ) -> RuntimeChoice | None:
-    """The runtime of a cached `auto` decision, gated against the Keras outputs cached with it.
+    """A runtime for `card` gated against known Keras outputs, without importing Keras or TensorFlow.
 
-    Nothing here imports Keras or TensorFlow. None when that is not possible: no cached decision
-    (or one for TensorFlow, or one without outputs for these gate inputs), its files would have
-    to be exported, or its runtime fails the gate now. The caller then loads Keras and decides
-    as `choose_runtime` does; otherwise it confirms the choice with `confirm_with_keras` later.
+    The outputs come from the cached `auto` decision (whose runtime is then the only one built),
+    or else from the version's stored `parity_reference` (`auto` then times the exported runtimes
+    that pass, and TensorFlow is timed against the winner once its model loads). None when this
+    is not possible: `INFERENCE_RUNTIME=tensorflow` or bf16, a cached decision for TensorFlow, no
+    outputs for these gate inputs, files that would have to be exported, or no runtime passing.
+    The caller then loads Keras and decides with `choose_runtime`; otherwise it calls
+    `confirm_with_keras` once the Keras model is loaded.
     """
-    if settings.inference_runtime != "auto":
-        return None
-    cached = _read_decision(_decision_path(card, settings))
-    if cached is None or cached["runtime"] == "tensorflow":
+    requested = settings.inference_runtime
+    if requested == "tensorflow" or settings.inference_precision == "bf16":
         return None
     inputs, inputs_description = gate_inputs(card, folder)
-    expected = _cached_reference(cached, inputs, card.num_classes)
+    gate = f"gate on {inputs_description}"
+    reference = Candidate("tensorflow", state="not tried")
+    cached = _read_decision(_decision_path(card, settings)) if requested == "auto" else None
+    if cached is not None and "reference" in cached:
+        expected = _cached_reference(cached, inputs, card.num_classes)
+        if cached["runtime"] == "tensorflow" or expected is None:
+            return None
+        note = _cached_note(cached)
+        best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
+        if not _try_without_keras(best, card, folder, settings, inputs, expected, describe):
+            log.info("%s v%d: the cached runtime fails the cached outputs; loading Keras", card.name, card.version)
+            return None
+        reference.reason = "the reference: its outputs were cached with the decision"
+        others = [
+            Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime
+        ]
+        return _serve(
+            best, reference, [best, *others], requested, f"{note}; {gate}, against the Keras outputs cached with it"
+        )
+
+    expected = reference_outputs(card, folder, inputs)
     if expected is None:
         return None
-    note = _cached_note(cached)
-    best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
+    candidates = [Candidate(name) for name in ("openvino", "onnxruntime") if requested in ("auto", name)]
+    accepted = [c for c in candidates if _try_without_keras(c, card, folder, settings, inputs, expected, describe)]
+    if len(accepted) < len(candidates) and any(c.reason is None for c in candidates):
+        return None  # a runtime's files must be exported first: that needs Keras
+    if not accepted:
+        return None  # TensorFlow serves: it needs Keras
+    reference.reason = "the reference: its outputs are stored with the version (parity_reference)"
+    stored = f"{gate}, against the Keras outputs stored with the version"
+    if requested != "auto":
+        return _serve(accepted[0], reference, candidates, requested, f"INFERENCE_RUNTIME={requested}; {stored}")
+    assert accepted[0].instance is not None
+    sizes = _timing_sizes(accepted[0].instance)
+    best = accepted[0]
+    if len(accepted) > 1:
+        _time(accepted, card.input.shape, sizes, settings.runtime_timing_repeats)
+        best = min(accepted, key=lambda c: _score(c, accepted[0]))
+    decided_by = (
+        f"auto: fastest at batch sizes {sizes} (median of {settings.runtime_timing_repeats} interleaved calls each)"
+        f"; {stored}"
+    )
+    choice = _serve(best, reference, candidates, requested, decided_by)
+    choice.time_tensorflow = True
+    return choice
+
+
+def _try_without_keras(
+    candidate: Candidate,
+    card: ModelCard,
+    folder: Path,
+    settings: Settings,
+    inputs: np.ndarray,
+    expected: np.ndarray,
+    describe: Callable[[Exception], str],
+) -> bool:
+    """`_try` with no Keras model at hand: False when refused, or (reason left None) when it needs exporting."""
     try:
-        _try(best, None, card, folder, settings, inputs, expected, describe)
+        _try(candidate, None, card, folder, settings, inputs, expected, describe)
     except NeedsKeras:
-        return None
-    best.gate_inputs = len(inputs)
-    if best.instance is None:
-        log.info("%s v%d: the cached runtime fails the cached reference; loading Keras", card.name, card.version)
-        return None
-    reference = Candidate(
-        "tensorflow", state="not tried", reason="the reference: its outputs were cached with the decision"
-    )
-    others = [Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime]
-    return _serve(
-        best,
-        reference,
-        [best, *others],
-        "auto",
-        f"{note}; gate on {inputs_description}, against the Keras outputs cached with the decision",
-    )
+        return False
+    candidate.gate_inputs = len(inputs)
+    return candidate.instance is not None
 
 
 def confirm_with_keras(
-    choice: RuntimeChoice, card: ModelCard, folder: Path, tensorflow: Classifier, tolerance: float
+    choice: RuntimeChoice, card: ModelCard, folder: Path, tensorflow: Classifier, settings: Settings
 ) -> RuntimeChoice:
-    """Check a `reuse_without_keras` choice against the loaded Keras model on the same gate inputs.
+    """Check a `start_without_keras` choice against the loaded Keras model on the same gate inputs.
 
-    Returns the choice with TensorFlow shown as the reference it was checked against, or, if the
-    serving runtime no longer agrees with Keras (the cached outputs were wrong), TensorFlow itself,
-    warmed, to be swapped in.
+    If the serving runtime disagrees with Keras (the outputs it was gated against were wrong),
+    TensorFlow takes over. Otherwise, when the choice was made without timing TensorFlow, the
+    two are timed now and the faster serves; that decision is cached with the Keras outputs.
+    Returns the choice to serve (TensorFlow warmed, if it is the one).
     """
     inputs, _ = gate_inputs(card, folder)
     expected = _predict_all(tensorflow, inputs)
     got = _predict_all(choice.runtime, inputs)
-    tolerance = BF16_TOLERANCE if choice.precision == "bf16" else tolerance
+    tolerance = BF16_TOLERANCE if choice.precision == "bf16" else settings.parity_tolerance
     diff = float(np.abs(got - expected).max())
     flips = int((got.argmax(axis=1) != expected.argmax(axis=1)).sum())
-    reference = choice.candidates[0]
-    reference.state, reference.instance = "accepted", None
-    if not flips and diff <= tolerance:
-        reference.reason = f"the reference: the loaded Keras model agrees with the serving runtime within {diff:.1e}"
+    reference, others = choice.candidates[0], choice.candidates[1:]
+    serving = next(c for c in others if c.state == "in use")
+    reference.state = "accepted"
+    if flips or not diff <= tolerance:
+        log.warning(
+            "%s v%d: %s disagrees with the loaded Keras model (max |diff| %.2e, %d argmax differ); TensorFlow serves",
+            card.name,
+            card.version,
+            choice.runtime.name,
+            diff,
+            flips,
+        )
+        serving.state = "refused"
+        serving.reason = f"disagreed with the loaded Keras model: max |diff| {diff:.2e}, {flips} argmax differ"
+        reference.reason, reference.instance = "the reference: the Keras model itself", tensorflow
+        return _serve(reference, reference, others, choice.requested, "the runtime chosen before Keras loaded failed")
+    reference.reason = f"the reference: the loaded Keras model agrees with the serving runtime within {diff:.1e}"
+    if not choice.time_tensorflow:
         return choice
-    log.warning(
-        "%s v%d: %s disagrees with the loaded Keras model (max |diff| %.2e, %d argmax differ); TensorFlow takes over",
-        card.name,
-        card.version,
-        choice.runtime.name,
-        diff,
-        flips,
-    )
-    for candidate in choice.candidates[1:]:
-        if candidate.state == "in use":
-            candidate.state = "refused"
-            candidate.reason = f"disagreed with the loaded Keras model: max |diff| {diff:.2e}, {flips} argmax differ"
-    reference.reason = "the reference: the Keras model itself"
-    reference.instance = tensorflow
-    return _serve(reference, reference, choice.candidates[1:], choice.requested, "auto: the cached choice failed")
+    reference.instance, serving.instance = tensorflow, choice.runtime
+    _time([reference, serving], card.input.shape, _timing_sizes(choice.runtime), settings.runtime_timing_repeats)
+    accepted = [reference, *(c for c in others if c.timings_ms)]
+    if _score(reference, serving) < 1.0:
+        serving.state = "accepted"
+        best = reference
+    else:
+        reference.instance, best = None, serving
+    _write_decision(_decision_path(card, settings), best, accepted, inputs, expected)
+    decided_by = choice.decided_by.split(";", 1)[0] + " (TensorFlow timed once its model loaded)"
+    if best is serving:
+        choice.decided_by = decided_by + ";" + choice.decided_by.split(";", 1)[1]
+        return choice
+    return _serve(reference, reference, others, choice.requested, decided_by)
 
 
 def _reuse(

@@ -65,13 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=42)
     check.add_argument("--max-distance", type=int, default=4, help="differing bits (of 64) that count as alike")
 
-    export = sub.add_parser("export", help="add ONNX / OpenVINO exports and parity inputs to an existing version")
+    export = sub.add_parser(
+        "export", help="add ONNX / OpenVINO exports, parity inputs and the model's outputs on them to a version"
+    )
     export.add_argument("version", type=Path, help="a version folder, e.g. models/digits/1")
     export.add_argument("--format", action="append", choices=["onnx", "openvino"], help="default: both")
     export.add_argument(
         "--samples", type=Path, nargs="+", default=[], help="real validation images (files or folders) for the gate"
     )
     export.add_argument("--source", default="", help="how the samples were chosen, recorded in the card")
+    export.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="only store the model's outputs on the gate inputs (the exports and parity inputs stay)",
+    )
 
     sub.add_parser("archs", help="list the architectures with their parameter counts")
     return parser
@@ -98,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         if args.command == "export":
+            from modelcard import ExportFormat
+            from modelcard.exporting import FORMATS
             from training.export import export_version
 
             if not (args.version / "model.json").is_file():
                 raise DatasetError(f"{args.version}: expected a model version folder with model.json, found none")
-            export_version(args.version, args.format or ("onnx", "openvino"), args.samples, args.source)
+            formats: tuple[ExportFormat, ...] = () if args.reference_only else tuple(args.format or FORMATS)
+            export_version(args.version, formats, args.samples, args.source)
             return 0
 
         task = TASKS[args.task]

@@ -1,5 +1,5 @@
-"""`python -m training export models/<task>/<version>`: add the exported files (ONNX, OpenVINO IR)
-and the parity gate's real inputs to an existing version.
+"""`python -m training export models/<task>/<version>`: add the exported files (ONNX, OpenVINO IR),
+the parity gate's real inputs and the Keras model's outputs on the gate inputs to an existing version.
 
 Never touches model.keras (the card's sha256 of it stays); new files are written in a hidden
 folder inside the version, moved into place, and the card is replaced last, in one rename, so
@@ -19,6 +19,7 @@ from PIL import Image
 
 from modelcard import CARD_FILE, MODEL_FILE, ExportFormat, ModelCard, image_to_array, load_verified_model
 from modelcard.exporting import FORMATS, export_model, exporter_available, write_parity_inputs
+from modelcard.parity import stored_gate_inputs, write_reference_outputs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -44,7 +45,8 @@ def export_version(
     source: str = "",
     log=print,
 ) -> ModelCard:
-    """Export `folder`'s model in `formats` (and store `samples` as parity inputs); returns the new card."""
+    """Export `folder`'s model in `formats` (and store `samples` as parity inputs), then store the
+    model's outputs on the gate inputs; returns the new card. No `formats`: only those outputs."""
     folder = Path(folder)
     card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
     for fmt in formats:
@@ -65,7 +67,11 @@ def export_version(
             log(f"{folder}: {len(images)} parity inputs from {parity.source}")
         elif parity is None:
             log(f"{folder}: no --samples given and none stored: the parity gate will use seeded noise only")
-        updated = card.model_copy(update={"exports": exports, "parity_inputs": parity})
+        inputs = stored_gate_inputs(tmp if samples else folder, card.input, parity)
+        reference = write_reference_outputs(tmp, model, inputs)
+        log(f"{folder}: the model's outputs on the {len(inputs)} gate inputs stored ({reference.file})")
+        update = {"exports": exports, "parity_inputs": parity, "parity_reference": reference}
+        updated = card.model_copy(update=update)
         for child in tmp.iterdir():
             os.replace(child, folder / child.name)
         (tmp / CARD_FILE).write_text(updated.model_dump_json(indent=2) + "\n")

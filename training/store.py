@@ -17,6 +17,7 @@ import numpy as np
 
 from modelcard import CARD_FILE, MODEL_FILE, ModelCard, file_sha256, list_versions
 from modelcard.exporting import FORMATS, export_model, exporter_available, write_parity_inputs
+from modelcard.parity import stored_gate_inputs, write_reference_outputs
 
 
 def write_version(
@@ -30,9 +31,10 @@ def write_version(
     """Save `model` with `card` as the next version of `card.name`; returns its folder.
 
     The card's `version` and `sha256` are filled in here, and so are its `exports` (ONNX and
-    OpenVINO IR, for each exporter installed, unless `export` is False) and `parity_inputs`
-    (real validation inputs the service's parity gate checks other runtimes on), written in the
-    same hidden folder.
+    OpenVINO IR, for each exporter installed, unless `export` is False), `parity_inputs`
+    (real validation inputs the service's parity gate checks other runtimes on) and, with the
+    exports, `parity_reference` (the model's outputs on the gate inputs), written in the same
+    hidden folder.
     """
 
     def exports_and_parity(tmp: Path) -> dict:
@@ -41,7 +43,11 @@ def write_version(
         parity = None
         if parity_inputs is not None and len(parity_inputs):
             parity = write_parity_inputs(tmp, parity_inputs, card.input, parity_source)
-        return {"exports": exports, "parity_inputs": parity}
+        # the Keras answers on the gate inputs: the service gates the exports before it loads Keras
+        reference = None
+        if exports:
+            reference = write_reference_outputs(tmp, model, stored_gate_inputs(tmp, card.input, parity))
+        return {"exports": exports, "parity_inputs": parity, "parity_reference": reference}
 
     return _publish(root, card, model.save, exports_and_parity)
 
@@ -54,7 +60,7 @@ def copy_version(root: Path, model_file: Path, card: ModelCard) -> Path:
         root,
         card,
         lambda target: shutil.copyfile(model_file, target),
-        lambda tmp: {"exports": {}, "parity_inputs": None},
+        lambda tmp: {"exports": {}, "parity_inputs": None, "parity_reference": None},
     )
 
 

@@ -18,9 +18,10 @@ from fastapi.testclient import TestClient
 
 from modelcard import CARD_FILE, EXPORT_FILES, ModelCard, file_sha256
 from modelcard.exporting import export_model
+from modelcard.parity import gate_inputs
 from service.main import create_app
 from service.registry import ModelRegistry
-from service.runtimes import decision_key, gate_inputs
+from service.runtimes import decision_key
 from tests.service.conftest import build_colors_model, color_image, settings_for, wait_ready, wait_until
 from training.export import export_version
 
@@ -230,10 +231,24 @@ def test_a_store_without_exports_is_exported_into_the_cache_never_into_the_store
     assert probabilities.argmax(axis=1).tolist()[:3] == [0, 1, 2]
 
 
+def hold_back_keras(monkeypatch) -> threading.Event:
+    """Keep every version's Keras model from loading until the returned event is set."""
+    released = threading.Event()
+    load_keras = ModelRegistry._load_keras
+
+    def held_back(self, entry, choice):
+        assert released.wait(30)
+        return load_keras(self, entry, choice)
+
+    monkeypatch.setattr(ModelRegistry, "_load_keras", held_back)
+    return released
+
+
 def decide_once(root: Path, settings, runtime: str) -> Path:
     """Start once so `auto` caches its decision (with the Keras outputs), then make `runtime` the cached choice."""
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
+        runtime_of(client)  # once the Keras model is loaded: TensorFlow is timed and the decision written
     [decision_file] = (settings.runtime_cache_dir / "decisions" / "colors" / "1").glob("*.json")
     decision = json.loads(decision_file.read_text())
     assert len(decision["reference"]["outputs"]) == 8 + len(COLORS)  # Keras' answers on the gate inputs
@@ -247,14 +262,7 @@ def test_a_restart_serves_from_the_cached_decision_before_the_keras_model_loads(
         root, inference_runtime="auto", runtime_cache_dir=tmp_path / "cache", keras_wait_seconds=0.3
     )
     decide_once(root, settings, "onnxruntime")
-    released = threading.Event()
-    load_keras = ModelRegistry._load_keras
-
-    def held_back(self, entry, choice):
-        assert released.wait(30)
-        return load_keras(self, entry, choice)
-
-    monkeypatch.setattr(ModelRegistry, "_load_keras", held_back)
+    released = hold_back_keras(monkeypatch)
     with TestClient(create_app(settings)) as client:
         wait_until(lambda: client.get("/health/ready").status_code == 200, 30)
         assert predict_all(client).argmax(axis=1).tolist()[:3] == [0, 1, 2]  # served without the Keras model
@@ -267,7 +275,7 @@ def test_a_restart_serves_from_the_cached_decision_before_the_keras_model_loads(
         info = runtime_of(client)
         activations = client.get(f"/activations/{image.json()['predictions'][0]['id']}")
         assert activations.status_code == 200
-    assert info["in_use"] == "onnxruntime" and "Keras outputs cached with the decision" in info["decided_by"]
+    assert info["in_use"] == "onnxruntime" and "against the Keras outputs cached with it" in info["decided_by"]
     assert candidate(info, "tensorflow")["reason"].startswith("the reference: the loaded Keras model agrees")
     assert candidate(info, "onnxruntime")["max_abs_diff"] <= 1e-4
 
@@ -310,3 +318,44 @@ def test_a_cached_reference_that_disagrees_is_caught_either_way(exported_colors,
     np.testing.assert_allclose(
         probabilities, build_colors_model()(np.stack([np.tile(np.float32(c), (8, 8, 1)) for c in COLORS])), atol=1e-4
     )
+
+
+def test_a_first_start_serves_from_the_stored_outputs_then_times_tensorflow(exported_colors, tmp_path, monkeypatch):
+    root = store_with(tmp_path, exported_colors)
+    cache = tmp_path / "cache"
+    settings = settings_for(root, inference_runtime="auto", runtime_cache_dir=cache, keras_wait_seconds=0.3)
+    released = hold_back_keras(monkeypatch)
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200, 30)
+        assert predict_all(client).argmax(axis=1).tolist()[:3] == [0, 1, 2]  # no Keras model yet
+        assert client.get("/models/colors").status_code == 503
+        assert not (cache / "decisions").exists()  # decided only once TensorFlow is timed too
+        released.set()
+        wait_until(lambda: client.get("/models/colors").status_code == 200, 30)
+        info = runtime_of(client)
+        probabilities = predict_all(client)
+    assert "against the Keras outputs stored with the version" in info["decided_by"]
+    assert "TensorFlow timed once its model loaded" in info["decided_by"]
+    for runtime in ("openvino", "onnxruntime", "tensorflow"):
+        assert set(candidate(info, runtime)["timings_ms"]) == {"1", "8"}, info
+    [decision_file] = (cache / "decisions" / "colors" / "1").glob("*.json")
+    decision = json.loads(decision_file.read_text())
+    assert decision["runtime"] == info["in_use"] and set(decision["timings_ms"]) >= {"tensorflow f32"}
+    keras_model = build_colors_model()
+    pixels = np.stack([np.tile(np.float32(c), (8, 8, 1)) for c in COLORS])
+    np.testing.assert_allclose(probabilities, keras_model(pixels).numpy(), atol=1e-4)
+
+
+def test_damaged_stored_outputs_mean_loading_keras_first(exported_colors, tmp_path, monkeypatch):
+    root = store_with(tmp_path, exported_colors)
+    outputs = root / "colors" / "1" / "parity_outputs.npy"
+    outputs.write_bytes(outputs.read_bytes()[:-8] + b"\0" * 8)  # no longer its card's sha256
+    released = hold_back_keras(monkeypatch)  # never set: the fast path must not be taken
+    settings = settings_for(root, inference_runtime="auto", runtime_cache_dir=tmp_path / "cache")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        info = runtime_of(client)
+        assert predict_all(client).argmax(axis=1).tolist()[:3] == [0, 1, 2]
+    assert not released.is_set()
+    assert "stored with the version" not in info["decided_by"] and "fastest" in info["decided_by"]
+    assert candidate(info, "tensorflow")["reason"] == "the reference: the Keras model itself"

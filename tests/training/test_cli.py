@@ -16,6 +16,7 @@ from PIL import Image
 
 from modelcard import ModelCard, file_sha256, list_versions
 from modelcard.exporting import FORMATS
+from modelcard.parity import NOISE_IMAGES, gate_inputs, reference_outputs
 from training.__main__ import main
 from training.fit import load_version
 
@@ -72,6 +73,13 @@ def test_train_writes_a_loadable_version_with_a_complete_card(tmp_path, request,
     for record in card.exports.values():
         assert record.files and all(file_sha256(folder / f) == sha for f, sha in record.files.items())
     assert card.parity_inputs is not None and (folder / card.parity_inputs.file).is_file()
+    # with exports, the model's own answers on the gate inputs: the service gates them before loading Keras
+    if export:
+        inputs, _ = gate_inputs(card, folder)
+        assert len(inputs) == NOISE_IMAGES + card.parity_inputs.count
+        np.testing.assert_allclose(reference_outputs(card, folder, inputs), model(inputs).numpy(), atol=1e-6)
+    else:
+        assert card.parity_reference is None
     if task == "fruits":  # validated on frames (angles) never seen in training, by default
         assert card.training.split == "frames" and "contiguous 20% of each recording" in card.data.validation_source
     if task == "digits":
