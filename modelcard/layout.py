@@ -11,7 +11,8 @@ from pathlib import Path
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model.json"
-# optional, recorded in the card: the model exported for other runtimes, and the parity gate's real inputs
+# optional, recorded in the card: the model exported for other runtimes, the parity gate's real inputs,
+# and the Keras model's outputs on the gate inputs (`modelcard.parity`)
 EXPORT_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 PARITY_FILE = "parity_inputs.npy"
 PARITY_OUTPUTS_FILE = "parity_outputs.npy"

@@ -74,7 +74,8 @@ def export_version(
         updated = card.model_copy(update=update)
         for child in tmp.iterdir():
             os.replace(child, folder / child.name)
-        (tmp / CARD_FILE).write_text(updated.model_dump_json(indent=2) + "\n")
+        # only what the card held and what is added: an older card keeps its shape
+        (tmp / CARD_FILE).write_text(updated.model_dump_json(indent=2, exclude_unset=True) + "\n")
         os.replace(tmp / CARD_FILE, folder / CARD_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
