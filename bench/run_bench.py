@@ -36,7 +36,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
 from PIL import Image, ImageDraw
@@ -92,12 +92,18 @@ SETTLE_SECONDS = 5.0  # after every version has loaded: the activation warm-ups 
 
 
 def wait_settled(url: str, timeout: float = 300) -> float:
-    """Wait until no version in `/models` is loading; returns `time.monotonic()` then."""
+    """Wait until every version is loaded, Keras models included, and nothing runs in the background
+    (`/health/ready`'s `background_work`: Keras loads and activation warm-ups); returns `time.monotonic()` then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with urlopen(f"{url}/models", timeout=5) as response:
-            models = json.load(response)["models"]
-        if all(v["state"] != "loading" for m in models for v in m["versions"]):
+        try:
+            with urlopen(f"{url}/health/ready", timeout=5) as response:
+                body = json.load(response)
+        except HTTPError as error:  # 503 while a version failed: the body says the same
+            body = json.load(error)
+        versions = [v for m in body["models"].values() for v in m["versions"] if v["state"] != "failed"]
+        loaded = all(v["state"] == "ready" and v.get("keras_loaded", True) for v in versions)
+        if loaded and not body.get("background_work", 0):
             return time.monotonic()
         time.sleep(0.05)
     raise TimeoutError(f"{url}: versions still loading after {timeout}s")
@@ -267,8 +273,8 @@ def main() -> None:
         report["cold_start_seconds"] = round(time.monotonic() - spawned, 2)
         report["rss_at_ready_bytes"] = rss_bytes(service.pid)[0]
         print(f"cold start to ready: {report['cold_start_seconds']} s", flush=True)
-        # ready means each model's newest version; older ones and the activation warm-ups follow
-        # in the background, and must not share the CPU with the measurements
+        # ready means each model's newest version serves predictions; older ones, the Keras models and
+        # the activation warm-ups follow in the background, and must not share the CPU with the measurements
         report["all_versions_loaded_seconds"] = round(wait_settled(url) - spawned, 2)
         print(f"every version loaded: {report['all_versions_loaded_seconds']} s", flush=True)
         time.sleep(SETTLE_SECONDS)

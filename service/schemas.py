@@ -49,6 +49,11 @@ class VersionStatus(BaseModel):
     version: int
     state: State
     reason: str | None = Field(None, description="why loading failed")
+    keras_loaded: bool = Field(
+        False,
+        description="its Keras model is loaded: layers, activations, kernels and Grad-CAM answer without waiting "
+        "(a version can serve predictions before)",
+    )
 
 
 class ModelStatus(BaseModel):
@@ -65,6 +70,9 @@ class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     reason: str | None = None
     models: dict[str, ModelStatus]
+    background_work: int = Field(
+        0, description="Keras model loads and activation warm-ups still running after their versions turned ready"
+    )
 
 
 class ModelSummary(BaseModel):

@@ -20,10 +20,13 @@ async def live() -> Liveness:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready"}})
 async def ready(registry: RegistryDep) -> JSONResponse:
-    """200 when each model's newest version is loaded and warmed and no version failed (older
-    versions may still be loading); 503 with each model's state otherwise."""
+    """200 when each model's newest version serves predictions and no version failed (older
+    versions, Keras models and activation warm-ups may still be loading: `background_work`);
+    503 with each model's state otherwise."""
     statuses = {name: model_status(registry.versions(name)) for name in registry.names()}
     is_ready = registry.all_ready()
     reason = None if statuses else f"no models found in the model store {registry.root.name!r}"
-    body = Readiness(status="ready" if is_ready else "not_ready", reason=reason, models=statuses)
+    body = Readiness(
+        status="ready" if is_ready else "not_ready", reason=reason, models=statuses, background_work=registry.warming
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if is_ready else 503)

@@ -25,7 +25,12 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 def version_statuses(versions: list[ModelVersion]) -> list[VersionStatus]:
-    return [VersionStatus(version=v.version, state=v.state, reason=v.reason) for v in versions]
+    return [
+        VersionStatus(
+            version=v.version, state=v.state, reason=v.reason, keras_loaded=v.ready and v.inspectable.is_set()
+        )
+        for v in versions
+    ]
 
 
 def model_state(versions: list[ModelVersion]) -> State:

@@ -57,7 +57,7 @@ def test_a_broken_store_reports_each_failure_and_serves_the_rest(models, tmp_pat
         body = ready.json()
         assert body["status"] == "not_ready"
         states = {name: model["versions"][0] for name, model in body["models"].items()}
-        assert states["grey"] == {"version": 1, "state": "ready", "reason": None}
+        assert states["grey"] == {"version": 1, "state": "ready", "reason": None, "keras_loaded": True}
         assert states["corrupt"]["state"] == "failed"
         assert states["corrupt"]["reason"] and "sha256" not in states["corrupt"]["reason"]
         assert states["tampered"]["state"] == "failed"

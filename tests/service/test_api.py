@@ -38,7 +38,7 @@ def test_live_and_ready(client):
     assert body["models"]["grey"] == {
         "state": "ready",
         "default_version": 1,
-        "versions": [{"version": 1, "state": "ready", "reason": None}],
+        "versions": [{"version": 1, "state": "ready", "reason": None, "keras_loaded": True}],
     }
 
 

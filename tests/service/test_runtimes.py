@@ -266,6 +266,8 @@ def test_a_restart_serves_from_the_cached_decision_before_the_keras_model_loads(
     with TestClient(create_app(settings)) as client:
         wait_until(lambda: client.get("/health/ready").status_code == 200, 30)
         assert predict_all(client).argmax(axis=1).tolist()[:3] == [0, 1, 2]  # served without the Keras model
+        health = client.get("/health/ready").json()
+        assert health["models"]["colors"]["versions"][0]["keras_loaded"] is False and health["background_work"] == 1
         waiting = client.get("/models/colors")  # its layers are what is missing: 503 after keras_wait_seconds
         assert waiting.status_code == 503 and "layers are still loading" in waiting.json()["error"]["message"]
         image = client.post("/models/colors/predict", files={"file": ("r.png", color_image(COLORS[0]))})
@@ -275,6 +277,7 @@ def test_a_restart_serves_from_the_cached_decision_before_the_keras_model_loads(
         info = runtime_of(client)
         activations = client.get(f"/activations/{image.json()['predictions'][0]['id']}")
         assert activations.status_code == 200
+        assert client.get("/health/ready").json()["models"]["colors"]["versions"][0]["keras_loaded"] is True
     assert info["in_use"] == "onnxruntime" and "against the Keras outputs cached with it" in info["decided_by"]
     assert candidate(info, "tensorflow")["reason"].startswith("the reference: the loaded Keras model agrees")
     assert candidate(info, "onnxruntime")["max_abs_diff"] <= 1e-4
