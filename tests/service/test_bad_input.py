@@ -318,7 +318,9 @@ def test_model_still_loading_is_503(models, tmp_path, monkeypatch):
         with TestClient(create_app(settings_for(tmp_path))) as client:
             ready = client.get("/health/ready")
             assert ready.status_code == 503
-            assert ready.json()["models"]["grey"]["versions"] == [{"version": 1, "state": "loading", "reason": None}]
+            assert ready.json()["models"]["grey"]["versions"] == [
+                {"version": 1, "state": "loading", "reason": None, "keras_loaded": False}
+            ]
             error = assert_error(predict_file(client, grey_image(0)), 503, "model_not_ready")
             assert "loading" in error["message"]
             release.set()
