@@ -1,10 +1,15 @@
 """The request coalescer: images from concurrent requests for one model version share one call.
 
 Each model version has one `Batcher`: a bounded queue of images and one worker task that takes
-up to `max_batch_size` queued images, runs the model on them in an executor thread (never on the
-event loop) and hands each request its rows. While the model is busy, new requests queue up and
-form the next batch on their own; `max_wait_us` lets a batch wait a little longer for company,
-but only under load, so a lone request on an idle server is never delayed.
+up to `max_batch_size` queued images, runs the model on them and hands each request its rows.
+While the model is busy, new requests queue up and form the next batch on their own;
+`max_wait_us` lets a batch wait a little longer for company, but only under load, so a lone
+request on an idle server is never delayed.
+
+The model runs in an executor thread, except a call whose batch size has recently taken at
+most `inline_us` (a small model on a few images): handing that to a thread and back costs
+about as much as the call itself, so it runs on the event loop. Each call is timed per batch
+size (a moving average), so a size that slows down goes back to the thread.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class Batcher:
         on_batch: called with (batch size, seconds) after each call.
         workers: batches of this version that may run at once (each in its own executor
             thread; useful with single-threaded TF ops on several cores).
+        inline_us: a batch size whose calls have recently taken at most this long runs on the
+            event loop, not in `executor` (0: never).
     """
 
     def __init__(
@@ -59,8 +66,11 @@ class Batcher:
         on_queue_depth: Callable[[int], None] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         workers: int = 1,
+        inline_us: int = 0,
     ) -> None:
         self._run_batch = run_batch
+        self._inline_seconds = inline_us / 1e6
+        self._call_seconds: dict[int, float] = {}  # batch size -> moving average of its calls
         self._executor = executor
         self.max_batch_size = max_batch_size
         self._max_wait = max_wait_us / 1e6
@@ -110,6 +120,17 @@ class Batcher:
     def replace(self, run_batch: Callable[[np.ndarray], np.ndarray]) -> None:
         """Send the next batches to `run_batch` (a batch running now finishes on the old one)."""
         self._run_batch = run_batch
+        self._call_seconds = {}
+
+    def _timed_call(self, inputs: np.ndarray) -> np.ndarray:
+        run_batch = self._run_batch
+        started = time.perf_counter()
+        outputs = run_batch(inputs)
+        seconds = time.perf_counter() - started
+        if run_batch is self._run_batch:  # not a call to a runtime replaced meanwhile
+            previous = self._call_seconds.get(len(inputs))
+            self._call_seconds[len(inputs)] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+        return outputs
 
     async def close(self) -> None:
         """Refuse new images, serve those already queued, then stop the workers."""
@@ -164,7 +185,10 @@ class Batcher:
         started = time.perf_counter()
         try:
             inputs = np.stack([item.array for item in batch])
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
+            if self._call_seconds.get(len(inputs), float("inf")) <= self._inline_seconds:
+                outputs = self._timed_call(inputs)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._timed_call, inputs)
         except Exception:
             log.exception("model call failed on a batch of %d", len(batch))
             for item in batch:

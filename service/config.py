@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     tf_intra_op_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; 0: TF default")
     tf_inter_op_threads: int = Field(0, ge=0, description="TensorFlow inter-op threads; 0: TF default")
     batch_workers: int = Field(1, gt=0, description="batches of one model version that may run at once")
+    inline_call_us: int = Field(
+        1000,
+        ge=0,
+        description="a model call whose batch size recently took at most this long runs on the event loop, "
+        "saving the hand-off to the inference thread (0: always the thread)",
+    )
     inference_threads: int = Field(
         1, gt=0, description="threads calling models; each call uses the TF pools (>= batch_workers)"
     )

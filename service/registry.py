@@ -364,6 +364,7 @@ class ModelRegistry:
             on_queue_depth=depth.set,
             on_batch=on_batch,
             workers=self.settings.batch_workers,
+            inline_us=self.settings.inline_call_us,
         )
 
     def _describe_failure(self, entry: ModelVersion, error: Exception) -> str:

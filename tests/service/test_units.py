@@ -72,6 +72,35 @@ def test_batcher_splits_at_max_batch_size_and_keeps_order():
     assert out[:, 0].tolist() == list(range(10))
 
 
+def test_batcher_runs_calls_known_to_be_short_on_the_event_loop_and_long_ones_in_the_thread():
+    loop_thread = threading.get_ident()
+    calls: list[tuple[int, bool]] = []  # (batch size, on the event loop's thread)
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        calls.append((len(batch), threading.get_ident() == loop_thread))
+        if len(batch) > 1:
+            threading.Event().wait(0.02)  # a long call: 20 ms
+        return batch * 2
+
+    async def scenario(inline_us: int) -> list[tuple[int, bool]]:
+        calls.clear()
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(model, executor, max_batch_size=4, max_wait_us=0, max_queue_size=64, inline_us=inline_us)
+            batcher.start()
+            for _ in range(3):
+                assert (await batcher.submit([np.ones(1, np.float32)]))[0, 0] == 2.0
+                assert (await batcher.submit([np.ones(1, np.float32)] * 4)).shape == (4, 1)
+            batcher.replace(model)  # another runtime: its calls are timed afresh
+            await batcher.submit([np.ones(1, np.float32)])
+            await batcher.close()
+        return list(calls)
+
+    # each size's first call goes to the thread and is timed; a short size then stays on the loop
+    on_loop = run(scenario(inline_us=5_000))
+    assert on_loop == [(1, False), (4, False), (1, True), (4, False), (1, True), (4, False), (1, False)]
+    assert all(not inline for _, inline in run(scenario(inline_us=0)))  # 0: always the thread
+
+
 def test_batcher_waits_for_company_only_under_load():
     model = CountingModel()
 
