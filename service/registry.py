@@ -96,7 +96,7 @@ class _Loaded:
     probe: ActivationProbe | None
     layers: list[LayerInfo]
     seconds: float
-    keras_loaded: bool = True  # False: served from a cached decision, the Keras model loads next
+    keras_loaded: bool = True  # False: it serves before its Keras model is loaded (`start_without_keras`)
 
 
 class ModelRegistry:
@@ -234,29 +234,8 @@ class ModelRegistry:
             loaded.classifier.name,
             loaded.runtime.decided_by,
         )
-        if not loaded.keras_loaded:
-            keras_loading = loop.run_in_executor(self._load_executor, self._load_keras, entry, loaded.runtime)
-            self._warming.add(keras_loading)  # the heap is frozen once it is done
-            try:
-                loaded = await keras_loading
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                reason = f"the Keras model failed to load: {self._describe_failure(entry, error)}"
-                log.warning("%s version %d stops serving: %s", entry.name, entry.version, reason)
-                entry.state, entry.reason = FAILED, reason
-                self.metrics.set_model_state(entry.name, entry.version, FAILED)
-                entry.inspectable.set()
-                await batcher.close()
-                return
-            finally:
-                self._warming.discard(keras_loading)
-            if loaded.classifier is not entry.classifier:
-                batcher.replace(loaded.classifier)
-                entry.classifier = loaded.classifier
-                self.metrics.set_model_runtime(entry.name, entry.version, loaded.classifier.name, "f32")
-            entry.runtime, entry.probe, entry.layers = loaded.runtime, loaded.probe, loaded.layers
-            log.info("%s version %d: Keras model loaded in %.2fs", entry.name, entry.version, loaded.seconds)
+        if not loaded.keras_loaded and not await self._load_keras_after_ready(entry, batcher, loaded.runtime):
+            return
         entry.inspectable.set()
         if entry.probe is not None and self.settings.warm_activation_probes:
             # After `ready`, on the load thread (behind any other loads): predictions never wait for
@@ -264,6 +243,35 @@ class ModelRegistry:
             warming = loop.run_in_executor(self._load_executor, self._warm_probe, entry, entry.probe)
             self._warming.add(warming)
             warming.add_done_callback(self._warming.discard)
+
+    async def _load_keras_after_ready(self, entry: ModelVersion, batcher: Batcher, choice: RuntimeChoice) -> bool:
+        """Load the Keras model of a version already serving predictions; False if it failed (the
+        version then stops serving). TensorFlow replaces the runtime if `confirm_with_keras` says so."""
+        loading = asyncio.get_running_loop().run_in_executor(self._load_executor, self._load_keras, entry, choice)
+        self._warming.add(loading)  # the heap is frozen once it is done
+        try:
+            loaded = await loading
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            entry.state, entry.reason = (
+                FAILED,
+                f"the Keras model failed to load: {self._describe_failure(entry, error)}",
+            )
+            log.warning("%s version %d stops serving: %s", entry.name, entry.version, entry.reason)
+            self.metrics.set_model_state(entry.name, entry.version, FAILED)
+            entry.inspectable.set()
+            await batcher.close()
+            return False
+        finally:
+            self._warming.discard(loading)
+        if loaded.classifier is not entry.classifier:
+            batcher.replace(loaded.classifier)
+            entry.classifier = loaded.classifier
+            self.metrics.set_model_runtime(entry.name, entry.version, loaded.classifier.name, loaded.runtime.precision)
+        entry.runtime, entry.probe, entry.layers = loaded.runtime, loaded.probe, loaded.layers
+        log.info("%s version %d: Keras model loaded in %.2fs", entry.name, entry.version, loaded.seconds)
+        return True
 
     def _load_blocking(self, entry: ModelVersion) -> _Loaded:
         started = time.perf_counter()
@@ -275,13 +283,13 @@ class ModelRegistry:
             raise _LoadError(f"card says {card.name!r} version {card.version}, found in {entry.name}/{entry.version}")
         entry.card = card  # visible to /models even if the rest fails
         describe = lambda error: self._describe_failure(entry, error)  # noqa: E731
-        cached = start_without_keras(card, entry.path, self.settings, describe)
-        if cached is not None:
+        early = start_without_keras(card, entry.path, self.settings, describe)
+        if early is not None:
             try:  # a corrupt model file fails the version now, as it would with Keras loaded
                 verify_sha256(entry.path / MODEL_FILE, card.sha256)
             except ChecksumMismatch as error:
                 raise _LoadError(str(error)) from None
-            return _Loaded(card, cached.runtime, cached, None, [], time.perf_counter() - started, keras_loaded=False)
+            return _Loaded(card, early.runtime, early, None, [], time.perf_counter() - started, keras_loaded=False)
         model = self._load_model(entry, card)
         classifier = Classifier(
             model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
@@ -291,8 +299,8 @@ class ModelRegistry:
         return _Loaded(card, runtime.runtime, runtime, probe, describe_layers(model), time.perf_counter() - started)
 
     def _load_keras(self, entry: ModelVersion, choice: RuntimeChoice) -> _Loaded:
-        """The Keras half of a version already serving from a cached decision: model, probe, layers,
-        and the choice confirmed against it (or TensorFlow instead, if they disagree)."""
+        """The Keras half of a version already serving predictions: model, probe, layers, and the
+        runtime choice confirmed against it (or TensorFlow instead: `confirm_with_keras`)."""
         started = time.perf_counter()
         card = entry.card
         assert card is not None
@@ -438,9 +446,10 @@ class ModelRegistry:
         return entry
 
     def all_ready(self) -> bool:
-        """True when the store has models, each model's newest version is loaded and warmed, and
-        no version failed. Older versions may still be loading (they load after the newest ones):
-        a request for one of them meanwhile is a 503 `model_not_ready`, like any loading version."""
+        """True when the store has models, each model's newest version serves predictions (its
+        Keras model may still be loading: `inspectable`), and no version failed. Older versions may
+        still be loading (they load after the newest ones): a request for one of them meanwhile is
+        a 503 `model_not_ready`, like any loading version."""
         if not self._models:
             return False
         for versions in self._models.values():

@@ -13,10 +13,12 @@ in `RUNTIME_CACHE_DIR`, keyed by everything it depends on (the model's and expor
 the libraries' versions, the CPU, the settings that shape a call): a restart with the same
 cache builds and gates only the runtime chosen before, and times nothing.
 
-The decision also keeps the Keras model's outputs on the gate inputs. A restart can therefore
-gate the chosen runtime against them and serve predictions before Keras (and TensorFlow) is
-even imported (`reuse_without_keras`). The Keras model, loaded afterwards for activations,
-then confirms that choice on the same inputs (`confirm_with_keras`). Nothing here knows HTTP.
+The Keras model's outputs on the gate inputs, when known without it (stored with the version
+by training as `parity_reference`, or kept with a cached decision), let a version serve before
+Keras and TensorFlow are even imported: `start_without_keras` gates the exported runtimes
+against them (and, with no cached decision, times the two). The Keras model, loaded
+afterwards for activations, then checks the choice on the same inputs and, if TensorFlow was
+not timed yet, is timed against it (`confirm_with_keras`). Nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -532,22 +534,25 @@ def confirm_with_keras(
         serving.state = "refused"
         serving.reason = f"disagreed with the loaded Keras model: max |diff| {diff:.2e}, {flips} argmax differ"
         reference.reason, reference.instance = "the reference: the Keras model itself", tensorflow
+        if choice.requested == "auto":  # a cached decision must not pick it again
+            _write_decision(_decision_path(card, settings), reference, [reference], inputs, expected)
         return _serve(reference, reference, others, choice.requested, "the runtime chosen before Keras loaded failed")
     reference.reason = f"the reference: the loaded Keras model agrees with the serving runtime within {diff:.1e}"
     if not choice.time_tensorflow:
         return choice
     reference.instance, serving.instance = tensorflow, choice.runtime
     _time([reference, serving], card.input.shape, _timing_sizes(choice.runtime), settings.runtime_timing_repeats)
-    accepted = [reference, *(c for c in others if c.timings_ms)]
+    timed = [reference, *(c for c in others if c.timings_ms)]
     if _score(reference, serving) < 1.0:
         serving.state = "accepted"
         best = reference
     else:
         reference.instance, best = None, serving
-    _write_decision(_decision_path(card, settings), best, accepted, inputs, expected)
-    decided_by = choice.decided_by.split(";", 1)[0] + " (TensorFlow timed once its model loaded)"
+    _write_decision(_decision_path(card, settings), best, timed, inputs, expected)
+    how, _, gate = choice.decided_by.partition("; ")
+    decided_by = f"{how} (TensorFlow timed once its model loaded); {gate}"
     if best is serving:
-        choice.decided_by = decided_by + ";" + choice.decided_by.split(";", 1)[1]
+        choice.decided_by = decided_by
         return choice
     return _serve(reference, reference, others, choice.requested, decided_by)
 

@@ -318,6 +318,7 @@ def test_a_cached_reference_that_disagrees_is_caught_either_way(exported_colors,
     assert info["in_use"] == "tensorflow"
     refused = candidate(info, "onnxruntime")
     assert refused["state"] == "refused" and refused["reason"].startswith("disagreed with the loaded Keras model")
+    assert json.loads((decision_file.parent / f"{key}.json").read_text())["runtime"] == "tensorflow"  # not again
     np.testing.assert_allclose(
         probabilities, build_colors_model()(np.stack([np.tile(np.float32(c), (8, 8, 1)) for c in COLORS])), atol=1e-4
     )
