@@ -92,6 +92,9 @@ class TrainingRun(BaseModel):
     learning_rate: float
     label_smoothing: float = 0.0
     augmentation: list[str] = Field(default_factory=list)
+    batchnorm_recalibrated: bool = Field(
+        False, description="BatchNorm statistics re-estimated on the clean training images after fitting"
+    )
     tensorflow_version: str
     keras_version: str
     python_version: str

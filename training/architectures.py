@@ -28,6 +28,9 @@ class Recipe:
     schedule: str = "constant"  # or "cosine": cosine decay over all steps
     weight_decay: float = 0.0  # > 0: AdamW with this decoupled weight decay
     warmup_epochs: int = 0  # with "cosine": a linear warm-up from a tenth of the rate
+    # after fitting, re-estimate BatchNorm statistics on the clean training images: heavy
+    # augmentation leaves them fitted to augmented images (`training.fit.recalibrate_batchnorm`)
+    recalibrate_batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,10 +255,12 @@ ARCHITECTURES: dict[str, dict[str, Architecture]] = {
                     "contrast:0.25",
                     "saturation:0.2",
                 ),
+                recalibrate_batchnorm=True,
             ),
             "the improved network (stride-2 stem, 4 blocks of 2x(Conv3x3+BN+ReLU), 32/64/96/128) trained to "
             "generalise across recordings: any rotation, zoom, shifts, lighting, contrast and saturation "
-            "changes, label smoothing, warm-up and cosine decay",
+            "changes, label smoothing, warm-up and cosine decay; BatchNorm statistics re-estimated on the "
+            "clean training images at the end",
         ),
     },
     "signs": {

@@ -185,7 +185,36 @@ def fit_model(
         epochs=options.epochs,
         verbose=2,
     )
+    if arch.recipe.recalibrate_batchnorm:
+        recalibrate_batchnorm(model, train_split.x, options.batch_size, options.seed)
     return time.monotonic() - started
+
+
+def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, seed: int) -> int:
+    """Re-estimate every BatchNorm layer's moving mean and variance on the clean images `x`.
+
+    During fitting they track the augmented batches; served images are not augmented. One pass
+    in training mode over the full batches of `x` (shuffled with `seed`) replaces them by the
+    average of the batch statistics; no weight changes. Returns the number of BatchNorm layers.
+    """
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    order = np.random.default_rng(seed).permutation(len(x))
+    starts = range(0, len(order) - batch_size + 1, batch_size) or range(1)  # full batches: each weighs the same
+    try:
+        for step, start in enumerate(starts):
+            for layer in layers:
+                layer.momentum = step / (step + 1)  # the running average of the batches so far
+            model(np.asarray(x[order[start : start + batch_size]], np.float32), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return len(layers)
+
+
+def _all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """`layer` and every layer inside it, nested models included."""
+    return [layer, *(inner for child in getattr(layer, "layers", []) for inner in _all_layers(child))]
 
 
 def extra_evaluations(task: Task, model: keras.Model, spec: InputSpec, log=print) -> dict[str, float]:
@@ -247,6 +276,7 @@ def build_card(
             learning_rate=options.learning_rate,
             label_smoothing=arch.recipe.label_smoothing,
             augmentation=list(arch.recipe.augmentation),
+            batchnorm_recalibrated=arch.recipe.recalibrate_batchnorm,
             tensorflow_version=tf.__version__,
             keras_version=keras.__version__,
             python_version=platform.python_version(),

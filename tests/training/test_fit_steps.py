@@ -20,6 +20,7 @@ from training.fit import (
     fit_model,
     metrics_for,
     optimizer_description,
+    recalibrate_batchnorm,
     split_dataset,
 )
 from training.tasks import TASKS
@@ -139,3 +140,30 @@ def test_build_card_records_the_split_and_the_recipe():
     assert card.training.optimizer == "adam + 1-epoch warm-up + cosine decay"
     assert card.training.wall_time_seconds == 12.5 and card.parameters.total == model.count_params()
     assert sum(card.data.train_counts.values()) + sum(card.data.validation_counts.values()) == len(data.train)
+
+
+def test_batchnorm_recalibration_sets_the_clean_images_statistics_and_nothing_else():
+    image = keras.Input(shape=SPEC.shape, name="image")
+    features = keras.layers.Conv2D(3, 3, name="conv")(keras.layers.Rescaling(1 / 255)(image))
+    normed = keras.layers.BatchNormalization(momentum=0.99, name="bn")(features)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(normed))
+    model = keras.Model(image, outputs)
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.full(3, 100.0, np.float32))  # statistics of some other distribution
+    bn.moving_variance.assign(np.full(3, 50.0, np.float32))
+    weights = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(1).integers(0, 256, (50, *SPEC.shape)).astype(np.uint8)
+
+    assert recalibrate_batchnorm(model, x, batch_size=16, seed=0) == 1
+
+    inputs = keras.Model(image, features)(x.astype(np.float32)).numpy()
+    batches = [inputs[np.random.default_rng(0).permutation(50)[start : start + 16]] for start in (0, 16, 32)]
+    expected_mean = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)  # the 3 full batches of 16
+    expected_variance = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expected_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), expected_variance, rtol=1e-3, atol=1e-5)
+    assert bn.momentum == 0.99
+    moving = {id(bn.moving_mean), id(bn.moving_variance)}
+    for before, after, variable in zip(weights, model.get_weights(), model.weights, strict=True):
+        if id(variable) not in moving:
+            np.testing.assert_array_equal(before, after)  # no weight is trained
