@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     keras_wait_seconds: float = Field(
         60.0,
         gt=0,
-        description="a version served from a cached decision loads its Keras model after turning ready; "
+        description="a version gated against known Keras outputs loads its Keras model after turning ready; "
         "requests that need its layers wait this long for it, then get 503",
     )
     openvino_performance_hint: Literal["latency", "throughput"] = Field("latency", description="OpenVINO CPU hint")
