@@ -290,10 +290,7 @@ class ModelRegistry:
             except ChecksumMismatch as error:
                 raise _LoadError(str(error)) from None
             return _Loaded(card, early.runtime, early, None, [], time.perf_counter() - started, keras_loaded=False)
-        model = self._load_model(entry, card)
-        classifier = Classifier(
-            model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
-        )
+        model, classifier = self._load_model(entry, card)
         runtime = choose_runtime(model, card, entry.path, self.settings, classifier, describe)
         probe = self._build_probe(entry, model, card)
         return _Loaded(card, runtime.runtime, runtime, probe, describe_layers(model), time.perf_counter() - started)
@@ -304,22 +301,22 @@ class ModelRegistry:
         started = time.perf_counter()
         card = entry.card
         assert card is not None
-        model = self._load_model(entry, card)
-        classifier = Classifier(
-            model, card.input, card.num_classes, self.settings.max_batch_size, self.settings.pad_batches
-        )
+        model, classifier = self._load_model(entry, card)
         confirmed = confirm_with_keras(choice, card, entry.path, classifier, self.settings)
         probe = self._build_probe(entry, model, card)
         layers = describe_layers(model)
         return _Loaded(card, confirmed.runtime, confirmed, probe, layers, time.perf_counter() - started)
 
-    def _load_model(self, entry: ModelVersion, card: ModelCard) -> keras.Model:
+    def _load_model(self, entry: ModelVersion, card: ModelCard) -> tuple[keras.Model, Classifier]:
+        """The verified Keras model and its compiled TensorFlow call (the parity reference)."""
         # the first TensorFlow use of the process sizes its thread pools (later calls are no-ops)
         configure_tensorflow_threads(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
         try:
-            return load_verified_model(entry.path / MODEL_FILE, card.sha256)
+            model = load_verified_model(entry.path / MODEL_FILE, card.sha256)
         except ChecksumMismatch as error:
             raise _LoadError(str(error)) from None
+        settings = self.settings
+        return model, Classifier(model, card.input, card.num_classes, settings.max_batch_size, settings.pad_batches)
 
     def _build_probe(self, entry: ModelVersion, model: keras.Model, card: ModelCard) -> ActivationProbe | None:
         from service.activations import ActivationProbe  # TensorFlow: imported with the first Keras model

@@ -360,7 +360,6 @@ def choose_runtime(
             candidate = Candidate(name, precision)
             candidates.append(candidate)
             _try(candidate, model, card, folder, settings, inputs, expected, describe)
-            candidate.gate_inputs = len(inputs)
         if settings.inference_precision == "bf16" and name == "onnxruntime":
             candidates[-1].reason = (candidates[-1].reason or "accepted in f32") + "; bf16 is offered by OpenVINO only"
     accepted = [c for c in candidates if c.instance is not None]
@@ -446,23 +445,24 @@ def start_without_keras(
             return None
         note = _cached_note(cached)
         best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
-        if not _try_without_keras(best, card, folder, settings, inputs, expected, describe):
+        try:
+            passed = _try(best, None, card, folder, settings, inputs, expected, describe)
+        except NeedsKeras:
+            return None
+        if not passed:
             log.info("%s v%d: the cached runtime fails the cached outputs; loading Keras", card.name, card.version)
             return None
         reference.reason = "the reference: its outputs were cached with the decision"
-        others = [
-            Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime
-        ]
-        return _serve(
-            best, reference, [best, *others], requested, f"{note}; {gate}, against the Keras outputs cached with it"
-        )
+        decided_by = f"{note}; {gate}, against the Keras outputs cached with it"
+        return _serve(best, reference, [best, *_not_tried(note, best.runtime)], requested, decided_by)
 
     expected = reference_outputs(card, folder, inputs)
     if expected is None:
         return None
     candidates = [Candidate(name) for name in ("openvino", "onnxruntime") if requested in ("auto", name)]
-    accepted = [c for c in candidates if _try_without_keras(c, card, folder, settings, inputs, expected, describe)]
-    if len(accepted) < len(candidates) and any(c.reason is None for c in candidates):
+    try:
+        accepted = [c for c in candidates if _try(c, None, card, folder, settings, inputs, expected, describe)]
+    except NeedsKeras:
         return None  # a runtime's files must be exported first: that needs Keras
     if not accepted:
         return None  # TensorFlow serves: it needs Keras
@@ -483,24 +483,6 @@ def start_without_keras(
     choice = _serve(best, reference, candidates, requested, decided_by)
     choice.time_tensorflow = True
     return choice
-
-
-def _try_without_keras(
-    candidate: Candidate,
-    card: ModelCard,
-    folder: Path,
-    settings: Settings,
-    inputs: np.ndarray,
-    expected: np.ndarray,
-    describe: Callable[[Exception], str],
-) -> bool:
-    """`_try` with no Keras model at hand: False when refused, or (reason left None) when it needs exporting."""
-    try:
-        _try(candidate, None, card, folder, settings, inputs, expected, describe)
-    except NeedsKeras:
-        return False
-    candidate.gate_inputs = len(inputs)
-    return candidate.instance is not None
 
 
 def confirm_with_keras(
@@ -557,6 +539,11 @@ def confirm_with_keras(
     return _serve(reference, reference, others, choice.requested, decided_by)
 
 
+def _not_tried(note: str, besides: str) -> list[Candidate]:
+    """The exported runtimes other than `besides`, shown as skipped by a cached decision."""
+    return [Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != besides]
+
+
 def _reuse(
     cached: dict,
     model: keras.Model,
@@ -574,12 +561,9 @@ def _reuse(
     best = reference
     if cached["runtime"] != "tensorflow":
         best = Candidate(cached["runtime"], str(cached.get("precision", "f32")))
-        _try(best, model, card, folder, settings, inputs, expected, describe)
-        best.gate_inputs = len(inputs)
-        if best.instance is None:
+        if not _try(best, model, card, folder, settings, inputs, expected, describe):
             return None
-    others = [Candidate(r, state="not tried", reason=note) for r in ("openvino", "onnxruntime") if r != best.runtime]
-    return best, ([] if best is reference else [best]) + others, note
+    return best, ([] if best is reference else [best]) + _not_tried(note, best.runtime), note
 
 
 def _try(
@@ -591,11 +575,14 @@ def _try(
     inputs: np.ndarray,
     expected: np.ndarray,
     describe: Callable[[Exception], str],
-) -> None:
+) -> bool:
+    """Build `candidate` and gate it on `inputs` against `expected`; True if it passed (its
+    `instance` is then set). Raises NeedsKeras when its files must be exported and `model` is None."""
     name, precision = candidate.runtime, candidate.precision
+    candidate.gate_inputs = len(inputs)
     if precision == "bf16" and not bf16_supported():
         candidate.reason = "bf16 asked for, but this CPU has no bf16 support"
-        return
+        return False
     try:
         fmt = FORMAT_OF[name]
         artifacts, candidate.artifact = _artifact_folder(fmt, model, card, folder, settings.runtime_cache_dir)
@@ -605,14 +592,14 @@ def _try(
         raise
     except ChecksumMismatch as error:
         candidate.reason = str(error)
-        return
+        return False
     except ImportError as error:
         candidate.reason = f"not installed: {error}"
-        return
+        return False
     except Exception as error:  # a corrupt or foreign artifact refuses this runtime only
         log.warning("%s v%d: %s refused", card.name, card.version, name, exc_info=True)
         candidate.reason = f"could not load: {describe(error)}"
-        return
+        return False
     tolerance = BF16_TOLERANCE if precision == "bf16" else settings.parity_tolerance
     diff = float(np.abs(got - expected).max())
     candidate.max_abs_diff = diff
@@ -623,7 +610,8 @@ def _try(
             f"{flips} of {len(inputs)} argmax differ"
         )
         log.warning("%s v%d: %s %s refused: %s", card.name, card.version, name, precision, candidate.reason)
-        return
+        return False
     candidate.state = "accepted"
     candidate.reason = f"parity gate passed: max |diff| {diff:.1e} <= {tolerance:.0e}, every argmax equal"
     candidate.instance = runtime
+    return True
