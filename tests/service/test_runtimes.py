@@ -151,16 +151,22 @@ def test_the_decision_key_follows_what_the_timing_depends_on(exported_colors):
     assert base != decision_key(card.model_copy(update={"sha256": "1" * 64}), settings_for(exported_colors))
 
 
-def test_a_perturbed_export_fails_the_gate_and_tensorflow_serves(models, exported_colors, tmp_path):
-    root = store_with(tmp_path, exported_colors)
-    folder = root / "colors" / "1"
+def export_perturbed_onnx(folder: Path):
+    """Replace `folder`'s ONNX export (and its card record) with a real, loadable one of a model that
+    disagrees with model.keras; returns that model and the new card."""
     perturbed = build_colors_model()
     kernel, bias = perturbed.get_layer("probabilities").get_weights()
     perturbed.get_layer("probabilities").set_weights([kernel, bias + np.array([0.05, 0, 0], np.float32)])
     card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
-    record = export_model(perturbed, folder, "onnx")  # a real, loadable artifact that disagrees with model.keras
-    card = card.model_copy(update={"exports": {**card.exports, "onnx": record}})
+    card = card.model_copy(update={"exports": {**card.exports, "onnx": export_model(perturbed, folder, "onnx")}})
     (folder / CARD_FILE).write_text(card.model_dump_json())
+    return perturbed, card
+
+
+def test_a_perturbed_export_fails_the_gate_and_tensorflow_serves(models, exported_colors, tmp_path):
+    root = store_with(tmp_path, exported_colors)
+    folder = root / "colors" / "1"
+    export_perturbed_onnx(folder)
     with TestClient(create_app(settings_for(root, inference_runtime="onnxruntime"))) as client:
         wait_ready(client)
         info = runtime_of(client)
@@ -300,12 +306,7 @@ def test_a_cached_reference_that_disagrees_is_caught_either_way(exported_colors,
     assert info["in_use"] == "onnxruntime"  # the cached choice, gated against the Keras model itself
 
     # outputs that a wrong export reproduces: it serves at first, the Keras model catches it, TensorFlow takes over
-    perturbed = build_colors_model()
-    kernel, bias = perturbed.get_layer("probabilities").get_weights()
-    perturbed.get_layer("probabilities").set_weights([kernel, bias + np.array([0.05, 0, 0], np.float32)])
-    card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
-    card = card.model_copy(update={"exports": {**card.exports, "onnx": export_model(perturbed, folder, "onnx")}})
-    (folder / CARD_FILE).write_text(card.model_dump_json())
+    perturbed, card = export_perturbed_onnx(folder)
     inputs, _ = gate_inputs(card, folder)
     wrong = perturbed(inputs).numpy().tolist()
     key = decision_key(card, settings)  # the card changed (the export's sha256): the decision moves with it
