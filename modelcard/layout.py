@@ -25,7 +25,7 @@ def list_versions(root: Path, name: str) -> list[int]:
         return []
     versions = []
     for child in folder.iterdir():
-        is_version = child.is_dir() and child.name.isdigit() and int(child.name) > 0
+        is_version = child.is_dir() and child.name.isascii() and child.name.isdigit() and int(child.name) > 0
         if is_version and (child / MODEL_FILE).is_file() and (child / CARD_FILE).is_file():
             versions.append(int(child.name))
     return sorted(versions)

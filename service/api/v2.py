@@ -60,7 +60,7 @@ _NOT_FOUND = "Unknown model or version"
 def _version(name: str, text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or text.startswith("0"):
+    if not (text.isascii() and text.isdigit()) or text.startswith("0"):  # "¹".isdigit() is True
         raise VersionNotFound(f"model {name!r} has no version {text[:40]!r}; versions are positive integers")
     return int(text)
 

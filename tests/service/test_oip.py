@@ -102,7 +102,13 @@ def test_server_and_model_metadata(client):
 
 @pytest.mark.parametrize(
     "path",
-    ["/v2/models/nope", "/v2/models/nope/ready", "/v2/models/grey/versions/7", "/v2/models/grey/versions/x/ready"],
+    [
+        "/v2/models/nope",
+        "/v2/models/nope/ready",
+        "/v2/models/grey/versions/7",
+        "/v2/models/grey/versions/x/ready",
+        "/v2/models/grey/versions/\u00b9/ready",  # a digit to str.isdigit, not to int() (found by schemathesis)
+    ],
 )
 def test_unknown_model_or_version_is_404_in_the_protocol_body(client, path):
     response = client.get(path)

@@ -377,3 +377,14 @@ def test_the_framing_median_is_numpys():
     for size in (1, 2, 3, 4, 111, 112):
         values = rng.integers(0, 256, size).astype(np.float32)
         assert _median(values) == float(np.median(values))
+
+
+def test_store_versions_are_ascii_positive_integers(tmp_path):
+    from modelcard import CARD_FILE, MODEL_FILE, list_versions
+
+    for name in ("1", "12", "0", "\u00b9", "\u0663", "x", ".tmp-3"):  # "¹" and Arabic-Indic 3 pass str.isdigit
+        folder = tmp_path / "grey" / name
+        folder.mkdir(parents=True)
+        (folder / MODEL_FILE).write_bytes(b"")
+        (folder / CARD_FILE).write_text("{}")
+    assert list_versions(tmp_path, "grey") == [1, 12]
