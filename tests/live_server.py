@@ -92,25 +92,38 @@ def serve(store: Path, log_path: Path, ready: bool = True, timeout: float = 120,
     Waits for /health/ready == 200 (`ready`), or only for /health/live. Killed on the way out
     if still running.
     """
-    port = free_port()
     inherited = {key: value for key, value in os.environ.items() if key != "API_KEY"}
     # a runtime cache of its own beside the log: nothing shared between tests or left in /tmp
     own = {"MODEL_DIR": str(store), "RUNTIME_CACHE_DIR": str(log_path.parent / f"{log_path.stem}-runtime-cache")}
     environment = inherited | SERVER_ENV | own | env
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
+
+    def start() -> Server:
+        port = free_port()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=REPO,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return Server(f"http://127.0.0.1:{port}", port, process, log_path)
+
+    server = start()
+    process = server.process
     try:
         deadline = time.monotonic() + timeout
         path = "/health/ready" if ready else "/health/live"
+        retries = 2
         while True:
             if process.poll() is not None:
+                # uvicorn binds after the lifespan's start, seconds after `free_port` chose the
+                # port: a connection from another test (xdist) may have taken it meanwhile.
+                if retries and "address already in use" in server.log_tail():
+                    retries -= 1
+                    server = start()
+                    process = server.process
+                    continue
                 pytest.fail(f"server exited with {process.returncode}:\n{server.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(server.url + path, timeout=2).status_code == 200:

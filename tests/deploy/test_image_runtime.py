@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.live_server import free_port
 from tests.service.conftest import ModelFactory, grey_image
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _dockerfile_commands() -> tuple[list[str], list[str]]:
@@ -68,7 +62,7 @@ def test_container_command_serves_and_its_healthcheck_passes(venv_python: Path, 
     ModelFactory(tmp_path / "saved").write(store, "grey", 1)
     cmd, health = _dockerfile_commands()
     assert cmd == ["python", "-m", "service"] and health == ["python", "-m", "service.healthcheck"]
-    port = _free_port()
+    port = free_port()
     bin_dir = str(venv_python.parent)
     env = {  # what the image sets, and nothing from this test process's environment
         "PATH": f"{bin_dir}:/usr/bin:/bin",

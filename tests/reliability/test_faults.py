@@ -166,6 +166,7 @@ def queue_depth(url: str, model: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_queue_overflow_is_503_with_retry_after_at_once_and_the_server_recovers(slow_server):
     url, burst = slow_server.url, 32
 
@@ -202,6 +203,7 @@ def test_queue_overflow_is_503_with_retry_after_at_once_and_the_server_recovers(
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_sigterm_finishes_requests_in_flight_refuses_new_connections_and_exits_0(slow_server):
     url, process = slow_server.url, slow_server.process
     in_flight = QUEUE_SIZE  # all fit in the queue even before the first is taken from it

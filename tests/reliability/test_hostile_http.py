@@ -69,6 +69,7 @@ def status_of(response: bytes) -> int:
 # ---------------------------------------------------------------------------------- headers
 
 
+@pytest.mark.exclusive  # timeouts to the tenth of a second: alone on the machine
 def test_a_64_mib_header_is_refused_in_under_a_second_without_stalling_live_health(open_server):
     sock = connect(open_server)
     sent = threading.Event()
@@ -121,6 +122,7 @@ def test_too_many_header_fields_get_431(open_server):
     assert httpx.get(open_server.url + "/health/live", headers={f"X-{i}": "1" for i in range(50)}).status_code == 200
 
 
+@pytest.mark.exclusive  # timeouts to the tenth of a second: alone on the machine
 def test_slow_headers_are_timed_out(open_server):
     """Slowloris: a header line every 0.3 s never finishes the request; the server gives up after 1 s."""
     socks = [connect(open_server) for _ in range(20)]
@@ -153,6 +155,7 @@ def test_slow_headers_are_timed_out(open_server):
     assert all(status_of(r) == 408 for r in responses.values() if r)
 
 
+@pytest.mark.exclusive  # timeouts to the tenth of a second: alone on the machine
 def test_a_silent_connection_and_an_idle_keep_alive_are_closed(open_server):
     silent = connect(open_server)
     started = time.perf_counter()
@@ -178,6 +181,7 @@ def post_head(length: int, boundary: str = "b") -> bytes:
     ).encode()
 
 
+@pytest.mark.exclusive  # timeouts to the tenth of a second: alone on the machine
 def test_a_body_shorter_than_its_content_length_and_a_trickle_are_timed_out(open_server):
     before = request_statuses(open_server.url)
     short = connect(open_server)
@@ -245,6 +249,7 @@ def test_an_empty_api_key_is_no_key(open_server):
 # ---------------------------------------------------------------------------------- connections
 
 
+@pytest.mark.exclusive  # timeouts to the tenth of a second: alone on the machine
 def test_connections_over_the_cap_get_503_at_once(keyed_server):
     held = [connect(keyed_server) for _ in range(6)]
     try:

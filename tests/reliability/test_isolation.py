@@ -131,6 +131,7 @@ def server(store, tmp_path_factory):
         yield live
 
 
+@pytest.mark.exclusive  # latency bounds: alone on the machine (tests/conftest.py)
 def test_huge_uploads_cost_memory_and_time_in_proportion_to_the_model(server):
     thin = png_bytes(Image.new("L", (1, 40_000_000)))  # the issue's file: all black, within MAX_IMAGE_PIXELS
     photo = io.BytesIO()
@@ -253,6 +254,7 @@ def test_the_input_cache_holds_about_its_budget(store, tmp_path):
     assert grown_after < 0.5 * budget  # a full cache evicts instead of growing
 
 
+@pytest.mark.exclusive  # latency bounds: alone on the machine (tests/conftest.py)
 def test_predictions_keep_their_p99_while_inspection_is_hammered(tmp_path):
     """The clients run in their own process, as in bench/: not in this one, whose heap (TensorFlow
     and the suite so far) gives its own garbage-collection pauses to whatever it times."""

@@ -4,7 +4,8 @@ Single images and batches, multipart and JSON, both predict routes: every reques
 every prediction's probabilities must sum to 1, and the server's resident memory must come back
 near where it stood after the warm-up. The one reliability test that needs real weights (it
 skips without them); the figures it measured are printed (`pytest -s`) and recorded as
-properties of the test.
+properties of the test. Nothing here is timed closely (150 s for what takes about 50), so under
+xdist it shares the machine with other tests and its figures are rough; `bench/` measures.
 """
 
 from __future__ import annotations
