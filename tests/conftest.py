@@ -12,7 +12,8 @@ a readers-writer lock around every test, from the setup of its fixtures to their
   it waiting for ever).
 
 The lock is `flock(2)` on two files in a folder the controller makes for the run and hands to
-its workers. With `-n 0` (everything in turn, in one process) there is nothing to take.
+its workers. With `-n 0` (everything in turn, in one process) there is nothing to take. The
+longest files are collected first, so that they start first (`LONGEST_FIRST`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The files that take longest (seconds on 2 cores, one process), handed to the workers first: a
+# long file started last would leave the other worker idle at the end (xdist schedules whole
+# files in collection order).
+LONGEST_FIRST = (
+    "tests/training/test_cli.py",  # 63: eight real training runs
+    "tests/reliability/test_load.py",  # 57: 20,000 requests
+    "tests/reliability/test_fuzz.py",  # 44
+    "tests/test_shipped_models.py",  # 43
+    "tests/reliability/test_isolation.py",  # 37
+    "tests/deploy/test_image_runtime.py",  # 20: a fresh virtualenv
+)
+
 LOCK_DIR_KEY = "keras_serve_lock_dir"  # in each worker's `config.workerinput`
 _lock_dir = pytest.StashKey[Path]()  # in the controller's config
 
@@ -42,6 +55,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     folder = config.stash.get(_lock_dir, None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    root = config.rootpath
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))  # stable
 
 
 @pytest.hookimpl(optionalhook=True)
