@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The files that take longest (seconds on 2 cores, one process), handed to the workers first: a
 # long file started last would leave the other worker idle at the end (xdist schedules whole
-# files in collection order).
+# files in collection order, with `--no-loadscope-reorder` in pyproject.toml).
 LONGEST_FIRST = (
     "tests/training/test_cli.py",  # 63: eight real training runs
     "tests/reliability/test_load.py",  # 57: 20,000 requests
