@@ -2,7 +2,7 @@
 keep tests marked `exclusive` alone on the machine when pytest-xdist runs the suite in parallel.
 
 `pyproject.toml` runs the suite on two xdist workers: most tests leave a core idle (servers
-starting, clients waiting on sockets), and the suite took 380 s on one. Tests that time latency or
+starting, clients waiting on sockets): in one process the suite took 382 s. Tests that time latency or
 deadlines (`@pytest.mark.exclusive`) must not share the CPU with another test, so the workers take
 a readers-writer lock around every test, from the setup of its fixtures to their teardown:
 
@@ -57,10 +57,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    root = config.rootpath
-    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))  # stable
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
 @pytest.hookimpl(optionalhook=True)
