@@ -16,7 +16,15 @@ from modelcard.card import (
     ValidationMetrics,
     WrongPrediction,
 )
-from modelcard.layout import CARD_FILE, EXPORT_FILES, MODEL_FILE, PARITY_FILE, file_sha256, list_versions
+from modelcard.layout import (
+    CARD_FILE,
+    EXPORT_FILES,
+    MODEL_FILE,
+    PARITY_FILE,
+    file_sha256,
+    list_versions,
+    parse_version,
+)
 from modelcard.loading import ChecksumMismatch, load_verified_model, verify_sha256
 from modelcard.preprocess import image_to_array
 
@@ -42,5 +50,6 @@ __all__ = [
     "image_to_array",
     "load_verified_model",
     "list_versions",
+    "parse_version",
     "verify_sha256",
 ]

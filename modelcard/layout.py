@@ -1,6 +1,6 @@
 """Where model versions live: `<root>/<name>/<version>/{model.keras,model.json}`.
 
-Versions are positive integers. Directories whose name is not an integer (for example the
+Versions are positive integers, named without leading zeros. Directories whose name is not one (for example the
 `.tmp-*` folders a writer renames into place) are never versions.
 """
 
@@ -18,6 +18,14 @@ PARITY_FILE = "parity_inputs.npy"
 PARITY_OUTPUTS_FILE = "parity_outputs.npy"
 
 
+def parse_version(text: str) -> int | None:
+    """`text` as a version number, or None: ASCII digits without a leading zero ("¹".isdigit() is
+    True, and "01" would be a second name for version 1)."""
+    if text.isascii() and text.isdigit() and not text.startswith("0"):
+        return int(text)
+    return None
+
+
 def list_versions(root: Path, name: str) -> list[int]:
     """Complete versions of model `name` under `root`, ascending."""
     folder = Path(root) / name
@@ -25,9 +33,9 @@ def list_versions(root: Path, name: str) -> list[int]:
         return []
     versions = []
     for child in folder.iterdir():
-        is_version = child.is_dir() and child.name.isascii() and child.name.isdigit() and int(child.name) > 0
-        if is_version and (child / MODEL_FILE).is_file() and (child / CARD_FILE).is_file():
-            versions.append(int(child.name))
+        version = parse_version(child.name)
+        if version is not None and child.is_dir() and (child / MODEL_FILE).is_file() and (child / CARD_FILE).is_file():
+            versions.append(version)
     return sorted(versions)
 
 

@@ -82,7 +82,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:  # bytes: ASCII digits only
             error = self._error()
             await render(error, path=scope["path"])(scope, receive, send)
             return

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from modelcard import parse_version
 from service import oip
 from service.errors import ResponseTooLarge, VersionNotFound
 from service.registry import ModelVersion
@@ -60,9 +61,10 @@ _NOT_FOUND = "Unknown model or version"
 def _version(name: str, text: str | None) -> int | None:
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()) or text.startswith("0"):  # "¹".isdigit() is True
+    version = parse_version(text)
+    if version is None:
         raise VersionNotFound(f"model {name!r} has no version {text[:40]!r}; versions are positive integers")
-    return int(text)
+    return version
 
 
 def _outputs(entry: ModelVersion) -> list[str]:

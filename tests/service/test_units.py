@@ -382,7 +382,8 @@ def test_the_framing_median_is_numpys():
 def test_store_versions_are_ascii_positive_integers(tmp_path):
     from modelcard import CARD_FILE, MODEL_FILE, list_versions
 
-    for name in ("1", "12", "0", "\u00b9", "\u0663", "x", ".tmp-3"):  # "¹" and Arabic-Indic 3 pass str.isdigit
+    # "¹" and Arabic-Indic 3 pass str.isdigit; "012" would be a second name for 12
+    for name in ("1", "12", "0", "012", "\u00b9", "\u0663", "x", ".tmp-3"):
         folder = tmp_path / "grey" / name
         folder.mkdir(parents=True)
         (folder / MODEL_FILE).write_bytes(b"")
