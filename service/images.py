@@ -84,14 +84,16 @@ def open_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = No
 
 def _unidentified(data: bytes) -> InvalidImage | UnsupportedFormat:
     other = _sniff_other_format(data)
+    allowed = ", ".join(ALLOWED_FORMATS)
     if other is None:
         try:
             with Image.open(io.BytesIO(data)) as image:  # any plugin: header only, nothing decoded
                 other = image.format
+        except Image.DecompressionBombError:  # a plugin read its header: an image, and a huge one
+            return UnsupportedFormat(f"unsupported image format (declaring a huge size); send one of {allowed}")
         except BAD_FILE_ERRORS:
             other = None
     if other is not None:
-        allowed = ", ".join(ALLOWED_FORMATS)
         return UnsupportedFormat(f"unsupported image format {other}; send one of {allowed}")
     return InvalidImage("not an image (or not one this service recognises)")
 
