@@ -9,14 +9,35 @@ GRACEFUL_SHUTDOWN_SECONDS), then the lifespan unloads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
 from service.config import Settings
 from service.server import uvicorn_options
+
+log = logging.getLogger("service")
+
+
+@contextlib.contextmanager
+def shared_state_for_workers() -> Iterator[None]:
+    """A new folder for what the worker processes share, named to them through the environment
+    before they start, and removed when the server stops: the recent-inputs cache
+    (`INPUT_CACHE_PATH`, so any worker finds any prediction id) and prometheus_client's
+    multiprocess files (`PROMETHEUS_MULTIPROC_DIR`, so any worker's /metrics counts them all)."""
+    with tempfile.TemporaryDirectory(prefix="keras-serve-") as folder:
+        metrics = Path(folder) / "metrics"
+        metrics.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+        os.environ["INPUT_CACHE_PATH"] = str(Path(folder) / "inputs.sqlite")
+        log.info("%s: state shared by the worker processes", folder)
+        yield
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM is how containers are asked to stop, so a clean drain should exit 0, not -15.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if settings.workers > 1:
-        uvicorn.run("service.main:create_app", factory=True, workers=settings.workers, **options)
+        with shared_state_for_workers():
+            uvicorn.run("service.main:create_app", factory=True, workers=settings.workers, **options)
     else:
         from service.main import create_app  # imports TensorFlow: only once arguments are known good
 

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     # recent prediction inputs, kept for the activations API
     input_cache_ttl_seconds: float = Field(900.0, gt=0)
     input_cache_max_bytes: int = Field(128 * MiB, ge=0)
+    input_cache_path: Path | None = Field(
+        None,
+        description="a SQLite file the worker processes share the cache in, so that any worker finds any "
+        "prediction id; `python -m service` sets a new one in a folder of its own when WORKERS > 1. "
+        "Unset: in this process's memory",
+    )
 
     # activations, kernels and Grad-CAM
     max_activation_response_bytes: int = Field(

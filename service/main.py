@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.inspection_threads, thread_name_prefix="inspection", initializer=lower_thread_priority
         )
         registry = ModelRegistry(settings, metrics, inference_executor)
-        cache = InputCache(settings.input_cache_ttl_seconds, settings.input_cache_max_bytes)
+        cache = InputCache(settings.input_cache_ttl_seconds, settings.input_cache_max_bytes, settings.input_cache_path)
         app.state.registry = registry
         app.state.inference_executor = inference_executor
         app.state.input_cache = cache
@@ -97,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             inference_executor.shutdown(wait=False, cancel_futures=True)
             decode_executor.shutdown(wait=False, cancel_futures=True)
             inspection_executor.shutdown(wait=False, cancel_futures=True)
+            cache.close()
+            metrics.close()
 
     app = FastAPI(
         title="keras-serve",

@@ -134,12 +134,8 @@ class Predictor:
 
     def remember(self, entry: ModelVersion, arrays: Sequence[np.ndarray]) -> list[str]:
         """Keep each preprocessed input for the activations API, under a new id; returns the ids."""
-        ids = []
-        for array in arrays:
-            prediction_id = uuid.uuid4().hex
-            self.cache.put(prediction_id, entry.name, entry.version, array)
-            ids.append(prediction_id)
-        self.metrics.input_cache_bytes.set(self.cache.nbytes)
+        ids = [uuid.uuid4().hex for _ in arrays]
+        self.metrics.input_cache_bytes.set(self.cache.put_many(ids, entry.name, entry.version, arrays))
         return ids
 
     def _response(

@@ -82,6 +82,8 @@ SERVER_ENV = {
     # would export each to ONNX and OpenVINO at load (seconds per model). The load test and the
     # isolation figure ask for `auto` on the shipped digits, which carries its exports.
     "INFERENCE_RUNTIME": "tensorflow",
+    # one process unless a test asks for more (tests/service/test_workers.py): the pid is the server's
+    "WORKERS": "1",
 }
 
 
@@ -106,6 +108,7 @@ def serve(store: Path, log_path: Path, ready: bool = True, timeout: float = 120,
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # a group of its own: its worker processes are killed with it
             )
         return Server(f"http://127.0.0.1:{port}", port, process, log_path)
 
@@ -133,6 +136,6 @@ def serve(store: Path, log_path: Path, ready: bool = True, timeout: float = 120,
             time.sleep(0.1)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the server and any worker processes left
+        process.wait(10)

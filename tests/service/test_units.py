@@ -215,19 +215,20 @@ def test_input_cache_expires_entries_after_ttl():
     assert entry is not None and entry.model == "grey" and entry.version == 1
     clock.now = 10.1
     assert cache.get("a") is None
-    assert len(cache) == 0 and cache.nbytes == 0
+    cache.put("b", "grey", 1, np.zeros((8, 8, 1), np.uint8))  # writes drop what expired
+    assert len(cache) == 1 and cache.get("b") is not None
 
 
 def test_input_cache_evicts_oldest_over_the_byte_budget():
-    array = np.zeros(1000, np.uint8)
-    one = InputCache(ttl_seconds=100, max_bytes=1 << 20)
-    one.put("a", "m", 1, array)
-    cache = InputCache(ttl_seconds=100, max_bytes=3 * one.nbytes)  # room for three entries
-    for name in "abcd":
-        cache.put(name, "m", 1, array)
-    assert cache.get("a") is None
-    assert all(cache.get(name) is not None for name in "bcd")
-    assert cache.nbytes <= cache.max_bytes
+    cache = InputCache(ttl_seconds=100, max_bytes=64 * 1024)
+    for i in range(200):
+        held = cache.put(f"{i:032x}", "m", 1, np.full(1000, i % 256, np.uint8))
+        assert held == cache.nbytes <= cache.max_bytes
+    # 1,000 pixels and a 32-byte id each: three rows to a 4 KiB page, the schema and the indexes besides
+    assert 20 <= len(cache) < 64 and cache.nbytes > cache.max_bytes / 2
+    kept = sorted(int(i, 16) for i in (f"{i:032x}" for i in range(200)) if cache.get(i) is not None)
+    assert kept == list(range(200 - len(cache), 200)), "the newest stay, the oldest go first"
+    assert cache.get(f"{199:032x}").array[0] == 199
 
 
 def test_input_cache_with_zero_budget_keeps_nothing():
