@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -63,14 +64,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rss_bytes(pid: int) -> tuple[int, int]:
-    """(current, peak) resident set size of a process, from /proc (Linux)."""
+def _own_rss(pid: int) -> tuple[int, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) * 1024
     return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
+
+
+def rss_bytes(pid: int) -> tuple[int, int]:
+    """(current, peak) resident set size of a server, from /proc (Linux): of the process itself, or
+    with WORKERS > 1 of its largest child (the worker processes; the figure is per worker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    figures = [_own_rss(pid)]
+    for child in children:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            figures.append(_own_rss(int(child)))
+    return max(current for current, _ in figures), max(peak for _, peak in figures)
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
