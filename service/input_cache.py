@@ -171,9 +171,12 @@ class InputCache:
         """Drop what expired, then the oldest entries while over the budget; returns `nbytes` after."""
         self._db.execute("DELETE FROM inputs WHERE created <= ?", (now - self.ttl_seconds,))
         used = self._used()
+        # Over the budget, drop down to 15/16 of it, so that a full cache evicts once every few
+        # hundred puts, not on each one (an eviction costs about as much as the put).
+        target = self.max_bytes - self.max_bytes // 16
         while used > self.max_bytes:
             # the oldest entries whose own bytes cover the excess; rows share pages, so look again after
-            excess, freed, last = used - self.max_bytes, 0, None
+            excess, freed, last = used - target, 0, None
             oldest_first = self._db.execute("SELECT seq, length(id) + length(pixels) FROM inputs ORDER BY seq")
             for seq, size in oldest_first:
                 freed, last = freed + size, seq
