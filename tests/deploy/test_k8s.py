@@ -28,7 +28,11 @@ SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
 # read by something other than Settings: TensorFlow's C++ runtime
 OTHER_ENV = {"TF_CPP_MIN_LOG_LEVEL"}
 # Settings that are not in the ConfigMap, and where they come from instead
-NOT_IN_CONFIGMAP = {"API_KEY": "the Secret", "TF_INTRA_OP_THREADS": "the container's CPU limit"}
+NOT_IN_CONFIGMAP = {
+    "API_KEY": "the Secret",
+    "TF_INTRA_OP_THREADS": "the container's CPU limit",
+    "INPUT_CACHE_PATH": "python -m service, for its worker processes when WORKERS > 1",
+}
 # ConfigMap values that are the image's, not service/config.py's defaults
 IMAGE_VALUES = {"HOST": "0.0.0.0", "MODEL_DIR": "/app/models"}
 CUSTOM_KINDS = {"ServiceMonitor"}  # CRDs: no schema in kubernetes-validate
