@@ -46,12 +46,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=defaults.host, help=f"bind address (default HOST or {defaults.host})")
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default PORT or {defaults.port})")
     parser.add_argument("--model-dir", default=None, help=f"model store (default MODEL_DIR or {defaults.model_dir})")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="worker processes (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help=f"worker processes (default WORKERS or {defaults.workers})",
+    )
     parser.add_argument("--log-level", default=defaults.log_level, help="debug, info, warning, error")
     args = parser.parse_args(argv)
     if args.model_dir is not None:
         # through the environment, so that worker processes building their own app see it too
         os.environ["MODEL_DIR"] = args.model_dir
+    os.environ["WORKERS"] = str(args.workers)  # the worker processes read their settings from the environment
     settings = Settings(host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -27,6 +27,9 @@ from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
+# With WORKERS > 1, how long a worker waits for its models before taking connections (see lifespan)
+WORKER_LOAD_WAIT_SECONDS = 120.0
+
 # The explorer page's own files and the docs hold no secrets; every API call they make sends the
 # key. The health answers are open too: Kubernetes' and KServe's probes call them without headers.
 PUBLIC_PATHS = frozenset(
@@ -85,6 +88,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             log.info("API key required: X-API-Key on every route but /health/live, the explorer page and the docs")
         await registry.start()
+        # With several workers, a worker takes connections once its lifespan has started. Another
+        # may already answer /health/ready, so this one waits until it can serve too: otherwise a
+        # client told "ready" could meet a 503 model_not_ready from the worker still loading.
+        if settings.workers > 1 and not await registry.newest_versions_settled(WORKER_LOAD_WAIT_SECONDS):
+            log.warning("models still loading after %g s: taking connections anyway", WORKER_LOAD_WAIT_SECONDS)
         freezer = None
         if settings.gc_freeze_after_load:
             freezer = asyncio.get_running_loop().create_task(freeze_when_loaded(registry), name="heap-freezer")

@@ -442,6 +442,16 @@ class ModelRegistry:
             raise ModelNotReady(f"model {entry.name!r} version {entry.version} is {entry.state}: {entry.reason}")
         return entry
 
+    async def newest_versions_settled(self, timeout: float, interval: float = 0.05) -> bool:
+        """Wait until each model's newest version has left `loading` (ready or failed), for up
+        to `timeout` seconds; True if they all did."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while any(versions and versions[max(versions)].state == LOADING for versions in self._models.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(interval)
+        return True
+
     def all_ready(self) -> bool:
         """True when the store has models, each model's newest version serves predictions (its
         Keras model may still be loading: `inspectable`), and no version failed. Older versions may

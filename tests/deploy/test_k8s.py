@@ -35,6 +35,8 @@ NOT_IN_CONFIGMAP = {
 }
 # ConfigMap values that are the image's, not service/config.py's defaults
 IMAGE_VALUES = {"HOST": "0.0.0.0", "MODEL_DIR": "/app/models"}
+# ConfigMap values chosen for Kubernetes: one worker per pod, as the resources are sized (pods scale by replicas)
+POD_VALUES = {"WORKERS": "1"}
 CUSTOM_KINDS = {"ServiceMonitor"}  # CRDs: no schema in kubernetes-validate
 
 
@@ -131,7 +133,8 @@ def test_configmap_holds_exactly_the_settings_meant_for_deployment():
 def test_configmap_values_are_the_defaults_or_the_images(monkeypatch):
     for key in SETTINGS_ENV:
         monkeypatch.delenv(key, raising=False)
-    defaults = Settings(_env_file=None, **{key.lower(): value for key, value in IMAGE_VALUES.items()}).model_dump()
+    chosen = IMAGE_VALUES | POD_VALUES
+    defaults = Settings(_env_file=None, **{key.lower(): value for key, value in chosen.items()}).model_dump()
     for key, value in CONFIG.items():
         monkeypatch.setenv(key, value)
     from_configmap = Settings(_env_file=None).model_dump()

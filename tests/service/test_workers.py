@@ -21,9 +21,11 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from fastapi.testclient import TestClient
 
+from service.main import create_app
 from tests.live_server import Server, request_statuses, serve
-from tests.service.conftest import ModelFactory, grey_image
+from tests.service.conftest import ModelFactory, grey_image, settings_for
 
 
 def _workers(server: Server) -> list[psutil.Process]:
@@ -128,6 +130,16 @@ def test_metrics_count_every_workers_requests(two_workers: Server):
             client.close()
     for _ in range(4):  # each scrape may land on either worker: every one must see all ten
         assert request_statuses(two_workers.url, "/models/{name}/predict")["200"] - before == 10
+
+
+def test_with_several_workers_each_takes_connections_only_once_it_can_serve(store: Path, models: ModelFactory):
+    """In process: the lifespan of a worker (WORKERS > 1) returns once each model's newest version
+    has loaded or failed, so the first request finds it ready; a broken version does not hold it."""
+    models.write(store, "broken", 1, kind="grey", sha="0" * 64)  # its card's sha256 does not match: it fails
+    with TestClient(create_app(settings_for(store, workers=2))) as client:
+        states = {m["name"]: m["versions"][0]["state"] for m in client.get("/models").json()["models"]}
+        assert states == {"grey": "ready", "colors": "ready", "broken": "failed"}, states
+        assert client.post("/models/grey/predict", files={"file": ("g.png", grey_image(200))}).status_code == 200
 
 
 def test_sigterm_stops_both_workers_and_leaves_nothing_behind(tmp_path: Path, models: ModelFactory):
