@@ -187,6 +187,8 @@ def settings_for(root: Path, **overrides) -> Settings:
         "max_batch_size": 8,
         "max_batch_wait_us": 2000,
         "load_threads": 1,
+        # one process, as TestClient runs the app: with WORKERS > 1 the lifespan waits for the models
+        "workers": 1,
         # the runtime tests (test_runtimes.py) ask for others; exporting tiny models elsewhere only costs time
         "inference_runtime": "tensorflow",
         # beside the store, not the machine-wide default: decisions cached by one test never reach another
