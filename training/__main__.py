@@ -18,7 +18,12 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model and write a new version to the model store")
     train.add_argument("task", choices=TASK_NAMES)
     train.add_argument("--data", type=Path, required=True, help="the dataset's folder, as distributed")
-    train.add_argument("--arch", default="improved", help="'seed' (the reference post's model) or 'improved'")
+    train.add_argument(
+        "--arch",
+        default="improved",
+        help="'seed' (the reference post's model), 'improved' (this project's), or another of "
+        "the task's in training/architectures.py (fruits: robust, wide; catsdogs: residual)",
+    )
     train.add_argument("--epochs", type=int, help="default: the architecture's recipe")
     train.add_argument("--batch-size", type=int, help="default: the architecture's recipe")
     train.add_argument("--learning-rate", type=float, help="default: the architecture's recipe")
