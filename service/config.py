@@ -38,7 +38,8 @@ class Settings(BaseSettings):
         2,
         gt=0,
         description="uvicorn worker processes, each with its own event loop and copy of every model; they share "
-        "the prediction ids and the metrics. On 2 cores, 2 measured 1.4-2.1x the requests/s of 1 (bench/README.md)",
+        "the prediction ids and the metrics. On 2 cores, 2 measured 1.5x the requests/s of 1 at digits c=32 and "
+        "1.2x at fruits c=16 (bench/README.md)",
     )
     log_level: str = Field("info", description="uvicorn and service log level")
     access_log: bool = Field(False, description="one log line per request (costs throughput)")
