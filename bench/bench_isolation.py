@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.loadgen import multipart_request, run_load  # noqa: E402
+from bench.run_bench import SETTLE_SECONDS, wait_settled  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,6 +167,11 @@ def main() -> None:
     args = parser.parse_args()
 
     def run(url: str) -> dict:
+        # Ready means predictions are served; the Keras loads and warm-ups follow in the background
+        # and must not share the CPU with the first phase. With several workers, /health/ready
+        # answers for one of them: the pause covers the other's.
+        wait_settled(url)
+        time.sleep(SETTLE_SECONDS)
         figures = asyncio.run(measure(url, args.rounds, args.requests, inspectors=args.inspectors))
         return figures.summary()
 
