@@ -5,7 +5,8 @@ request to the next must not depend on which worker accepts its connection:
 
 - a prediction id made by one worker is found by the other (`GET /activations/{id}`);
 - a `/metrics` scrape, whichever worker answers it, counts every worker's requests;
-- SIGTERM stops both workers and the server exits 0, leaving nothing behind in /tmp.
+- SIGTERM stops both workers and the server exits 0, leaving nothing behind in /tmp;
+- a worker takes connections only once its models have loaded or failed (in process).
 
 Which worker holds a connection is read from the kernel (psutil: each worker's established
 sockets), so the test knows that it crossed workers rather than hoping it did.
