@@ -39,7 +39,7 @@ LONGEST_FIRST = (
     "tests/reliability/test_fuzz.py",  # 44
     "tests/test_shipped_models.py",  # 43
     "tests/reliability/test_isolation.py",  # 37
-    "tests/service/test_workers.py",  # 34: three two-worker servers
+    "tests/service/test_workers.py",  # 34: two servers of two workers each
     "tests/deploy/test_image_runtime.py",  # 20: a fresh virtualenv
 )
 
