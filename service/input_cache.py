@@ -82,7 +82,6 @@ class InputCache:
     ) -> None:
         self.ttl_seconds = ttl_seconds
         self.max_bytes = max_bytes
-        self.path = path
         self._clock = clock
         self._lock = threading.Lock()
         # autocommit mode: transactions are begun and committed explicitly below

@@ -199,11 +199,10 @@ _FRUITS_IMPROVED = Recipe(
     schedule="cosine",
     augmentation=("flip_horizontal", "rotation:0.05", "zoom:0.1", "brightness:0.1"),
 )
-_FRUITS_ROBUST = Recipe(
+# v1's recipe made to generalise across recordings (issue 15): stronger augmentation, smoothed labels
+_FRUITS_ROBUST = dataclasses.replace(
+    _FRUITS_IMPROVED,
     epochs=24,
-    batch_size=32,
-    learning_rate=2e-3,
-    schedule="cosine",
     warmup_epochs=1,
     label_smoothing=0.1,
     augmentation=(
