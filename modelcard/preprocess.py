@@ -52,10 +52,27 @@ def _border(grey: np.ndarray, width: int) -> np.ndarray:
 
 
 def _centre_of_mass(grey: np.ndarray) -> tuple[float, float]:
+    """(row, column) of the mass of a non-empty, non-negative image.
+
+    Integer images are summed in int64, exactly, so the result is the same float as summing in
+    float64 (every partial sum is an integer below 2**53), at a fraction of the cost.
+    """
+    if grey.dtype.kind in "ui":
+        row_mass = grey.sum(axis=1, dtype=np.int64)
+        col_mass = grey.sum(axis=0, dtype=np.int64)
+        mass = int(row_mass.sum())
+        rows = int(row_mass @ np.arange(grey.shape[0])) / mass
+        cols = int(col_mass @ np.arange(grey.shape[1])) / mass
+        return rows, cols
     mass = grey.sum()
     rows = (grey.sum(axis=1) * np.arange(grey.shape[0])).sum() / mass
     cols = (grey.sum(axis=0) * np.arange(grey.shape[1])).sum() / mass
     return float(rows), float(cols)
+
+
+def _span(mask: np.ndarray) -> tuple[int, int]:
+    """First and last index where a non-empty 1-D boolean mask is True."""
+    return int(mask.argmax()), len(mask) - 1 - int(mask[::-1].argmax())
 
 
 def _median(values: np.ndarray) -> float:
@@ -76,14 +93,16 @@ def is_mnist_framed(grey: np.ndarray) -> bool:
     """
     if grey.shape != (MNIST_SIZE, MNIST_SIZE):
         return False
-    values = grey.astype(np.float64)
-    peak = values.max()
-    if peak < _MIN_CONTRAST or _border(values, 2).mean() >= 32:
+    values = grey if grey.dtype == np.uint8 else grey.astype(np.float64)
+    peak = float(values.max())
+    # the ring's mean, its corners counted twice as the four strips overlap there
+    ring = _border(values, 2)
+    if peak < _MIN_CONTRAST or float(ring.sum(dtype=np.float64)) / ring.size >= 32:
         return False
     ink = values > 0.1 * peak
-    rows = np.flatnonzero(ink.any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0))
-    if rows[-1] - rows[0] + 1 > MNIST_BOX or cols[-1] - cols[0] + 1 > MNIST_BOX:
+    top, bottom = _span(ink.any(axis=1))
+    left, right = _span(ink.any(axis=0))
+    if bottom - top + 1 > MNIST_BOX or right - left + 1 > MNIST_BOX:
         return False
     cy, cx = _centre_of_mass(values)
     return abs(cy - MNIST_CENTRE) <= 1.0 and abs(cx - MNIST_CENTRE) <= 1.0
@@ -110,23 +129,22 @@ def frame_digit(grey: np.ndarray) -> np.ndarray:
     if contrast < _MIN_CONTRAST:
         return np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
     ink = np.clip((values - paper) / contrast, 0.0, 1.0)
-    inked = ink >= _INK
-    ink[~inked] = 0.0
-    rows = np.flatnonzero(inked.any(axis=1))
-    cols = np.flatnonzero(inked.any(axis=0))
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    ink[ink < _INK] = 0.0  # what is left non-zero is the ink
+    top, bottom = _span(ink.any(axis=1))
+    left, right = _span(ink.any(axis=0))
+    crop = np.round(ink[top : bottom + 1, left : right + 1] * 255).astype(np.uint8)
     height, width = crop.shape
     scale = MNIST_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    glyph = Image.fromarray(np.round(crop * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
-    small = np.asarray(glyph, dtype=np.float64)
-    if small.sum() == 0:  # a speck that vanished when scaled: keep it visible
-        small = np.full_like(small, 255.0)
+    glyph = Image.frombytes("L", (width, height), crop.tobytes()).resize(size, Image.Resampling.LANCZOS)
+    small = np.frombuffer(glyph.tobytes(), dtype=np.uint8).reshape(size[1], size[0])
+    if not small.any():  # a speck that vanished when scaled: keep it visible
+        small = np.full_like(small, 255)
     cy, cx = _centre_of_mass(small)
     top = min(max(int(round(MNIST_CENTRE - cy)), 0), MNIST_SIZE - small.shape[0])
     left = min(max(int(round(MNIST_CENTRE - cx)), 0), MNIST_SIZE - small.shape[1])
     field = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.uint8)
-    field[top : top + small.shape[0], left : left + small.shape[1]] = small.astype(np.uint8)
+    field[top : top + small.shape[0], left : left + small.shape[1]] = small
     return field
 
 

@@ -176,3 +176,20 @@ def test_a_large_photo_is_framed_like_a_small_one():
     # the same digit, up to resampling and a one-pixel difference in where rounding puts it
     shifts = [np.roll(large, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     assert max(np.corrcoef(moved.ravel(), small.ravel())[0, 1] for moved in shifts) > 0.9
+
+
+def test_integer_images_frame_exactly_as_their_float_copies():
+    # the framing sums uint8 images in int64 for speed: the same floats as float64 sums, so the
+    # same framed pixels and the same "already framed" answers
+    from modelcard.preprocess import _centre_of_mass
+
+    rng = np.random.default_rng(3)
+    mnist_like = np.zeros((28, 28), np.uint8)
+    mnist_like[6:22, 9:19] = rng.integers(0, 256, (16, 10), dtype=np.uint8)
+    images = [mnist_like, np.roll(mnist_like, (1, -1), axis=(0, 1)), rng.integers(0, 256, (28, 28), dtype=np.uint8)]
+    images += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(5, 9), (40, 31), (120, 300)]]
+    for image in images:
+        assert _centre_of_mass(image) == _centre_of_mass(image.astype(np.float64))
+        assert is_mnist_framed(image) == is_mnist_framed(image.astype(np.float64))
+        np.testing.assert_array_equal(frame_digit(image), frame_digit(image.astype(np.float64)))
+    assert is_mnist_framed(mnist_like) or is_mnist_framed(np.roll(mnist_like, (1, -1), axis=(0, 1)))
