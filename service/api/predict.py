@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -10,6 +13,18 @@ from service.errors import InvalidInput
 from service.schemas import ERROR_RESPONSES, PREDICT_REQUEST_BODY, PredictResponse
 
 router = APIRouter(tags=["predict"])
+
+
+class PredictionJSON(JSONResponse):
+    """A prediction body, encoded by pydantic-core's serialiser (Rust) rather than `json.dumps`.
+
+    The same JSON (floats in their shortest round-trip form), at a quarter of the cost on a
+    60-class body: about 25 against 100 us here. The body holds only str, int, float, list and
+    dict, and `Predictor` refuses non-finite probabilities before they get here.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
 
 
 def _query(name: str, description: str, schema: dict) -> dict:
@@ -45,7 +60,7 @@ def _positive_int(request: Request, body: ImagesBody, name: str) -> int | None:
     return value
 
 
-async def _predict(request: Request, name: str | None) -> JSONResponse:
+async def _predict(request: Request, name: str | None) -> PredictionJSON:
     state = request.app.state
     body = await read_images_body(request, state.settings.max_images_per_request)
     name = name or request.query_params.get("model") or body.fields.get("model")
@@ -58,16 +73,16 @@ async def _predict(request: Request, name: str | None) -> JSONResponse:
         top_k=_positive_int(request, body, "top_k"),
         gone=request.is_disconnected,
     )
-    return JSONResponse(result)
+    return PredictionJSON(result)
 
 
 @router.post("/models/{name}/predict", **_doc(_TOP_K, _VERSION))
-async def predict_with_model(name: str, request: Request) -> JSONResponse:
+async def predict_with_model(name: str, request: Request) -> PredictionJSON:
     """Classify one or more images (multipart files, base64 or pixel arrays) with model `name`."""
     return await _predict(request, name)
 
 
 @router.post("/predict", **_doc(_MODEL, _TOP_K, _VERSION))
-async def predict(request: Request) -> JSONResponse:
+async def predict(request: Request) -> PredictionJSON:
     """Classify images with the model named by the `model` query parameter, form field or JSON key."""
     return await _predict(request, None)

@@ -124,6 +124,12 @@ def make_card(name: str, version: int, spec: InputSpec, classes: list[str], para
     )
 
 
+def _with_nan_weights(model: keras.Model) -> keras.Model:
+    layer = model.get_layer("probabilities")
+    layer.set_weights([np.full_like(weights, np.nan) for weights in layer.get_weights()])
+    return model
+
+
 class ModelFactory:
     """Saves each tiny model once per session; writes versions of it into any store."""
 
@@ -131,6 +137,8 @@ class ModelFactory:
         "grey": (build_grey_model, GREY_SPEC, ["dark", "bright"]),
         # the same model with other weights: "bright" only above 90% white (`grey` says so above 50%)
         "grey-strict": (lambda: build_grey_model(threshold=0.9), GREY_SPEC, ["dark", "bright"]),
+        # a broken model: every probability NaN
+        "grey-nan": (lambda: _with_nan_weights(build_grey_model()), GREY_SPEC, ["dark", "bright"]),
         "colors": (build_colors_model, RGB_SPEC, ["red", "green", "blue"]),
         "edges": (build_edges_model, RGB_SPEC, ["left", "right"]),
     }

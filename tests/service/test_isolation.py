@@ -65,6 +65,21 @@ def test_a_bug_in_image_handling_is_a_logged_500_not_a_400(store, monkeypatch, c
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_image"
 
 
+def test_a_model_answering_nan_is_a_logged_500(tmp_path, models, caplog):
+    """Predictions are encoded by a serialiser that would write NaN into the JSON: the predictor
+    refuses non-finite probabilities first, as our fault (the model's), never the client's."""
+    root = tmp_path / "models"
+    models.write(root, "grey", 1, kind="grey-nan")
+    with TestClient(create_app(settings_for(root)), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        with caplog.at_level(logging.ERROR, logger="service.errors"):
+            response = client.post("/models/grey/predict", files={"file": ("a.png", grey_image(200))})
+        assert response.status_code == 500, response.text
+        assert response.json()["error"]["code"] == "internal_error"
+        logged = [record for record in caplog.records if record.exc_info]
+        assert logged and "non-finite" in str(logged[0].exc_info[1])
+
+
 def test_bad_files_are_still_400s():
     spec = InputSpec(height=8, width=8, channels=1, color_mode="grayscale")
     good = png(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8))
