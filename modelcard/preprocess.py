@@ -4,6 +4,8 @@ layer inside each saved model, so nothing here divides by 255."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -70,8 +72,9 @@ def _centre_of_mass(grey: np.ndarray) -> tuple[float, float]:
     return float(rows), float(cols)
 
 
-def _span(mask: np.ndarray) -> tuple[int, int]:
-    """First and last index where a non-empty 1-D boolean mask is True."""
+def _span(mask: Any) -> tuple[int, int]:
+    """First and last index where a 1-D boolean array with a True in it is True (typed Any: numpy's
+    stubs give `ndarray.any(axis=...)` a scalar-or-array type)."""
     return int(mask.argmax()), len(mask) - 1 - int(mask[::-1].argmax())
 
 
