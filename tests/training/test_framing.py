@@ -192,4 +192,5 @@ def test_integer_images_frame_exactly_as_their_float_copies():
         assert _centre_of_mass(image) == _centre_of_mass(image.astype(np.float64))
         assert is_mnist_framed(image) == is_mnist_framed(image.astype(np.float64))
         np.testing.assert_array_equal(frame_digit(image), frame_digit(image.astype(np.float64)))
+    # and the comparison covered an "already framed" answer of True, not only False ones
     assert is_mnist_framed(mnist_like) or is_mnist_framed(np.roll(mnist_like, (1, -1), axis=(0, 1)))
