@@ -351,6 +351,38 @@ def test_a_first_start_serves_from_the_stored_outputs_then_times_tensorflow(expo
     np.testing.assert_allclose(probabilities, keras_model(pixels).numpy(), atol=1e-4)
 
 
+def test_each_candidate_shows_the_timing_round_that_decided(exported_colors, tmp_path, monkeypatch):
+    """Exported runtimes are timed against each other at load, TensorFlow against the serving one
+    once Keras loads: the second round must not overwrite what decided the first."""
+    import service.runtimes
+
+    rounds = iter([{"openvino": 1.0, "onnxruntime": 2.0}, {"tensorflow": 9.0, "openvino": 3.0}])
+
+    def fake_time(candidates, shape, sizes, repeats):
+        ms = next(rounds)
+        for runtime in candidates:
+            runtime.timings_ms = {size: ms[runtime.runtime] * size for size in sizes}
+
+    monkeypatch.setattr(service.runtimes, "_time", fake_time)
+    root = store_with(tmp_path, exported_colors)
+    settings = settings_for(
+        root, inference_runtime="auto", runtime_cache_dir=tmp_path / "cache", keras_wait_seconds=0.3
+    )
+    released = hold_back_keras(monkeypatch)
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200, 30)
+        released.set()
+        wait_until(lambda: client.get("/models/colors").status_code == 200, 30)
+        info = runtime_of(client)
+    assert info["in_use"] == "openvino"
+    assert candidate(info, "openvino")["timings_ms"] == {"1": 1.0, "8": 8.0}  # the round that beat onnxruntime
+    assert candidate(info, "onnxruntime")["timings_ms"] == {"1": 2.0, "8": 16.0}
+    assert candidate(info, "tensorflow")["timings_ms"] == {"1": 9.0, "8": 72.0}
+    assert (
+        "against openvino timed again alongside it: {1: 9.0, 8: 72.0} against {1: 3.0, 8: 24.0}" in info["decided_by"]
+    )
+
+
 def test_damaged_stored_outputs_mean_loading_keras_first(exported_colors, tmp_path, monkeypatch):
     root = store_with(tmp_path, exported_colors)
     outputs = root / "colors" / "1" / "parity_outputs.npy"
