@@ -100,6 +100,8 @@ class Batcher:
         Raises:
             QueueFull: not enough room in the queue for all of them (nothing is queued then).
             ModelNotReady: the batcher is closing.
+            ArithmeticError: the model gave a non-finite value for one of them (a bug of the
+                model's: the error handler makes it a logged 500, and JSON never carries a NaN).
         """
         if self._closing or not self._workers:
             raise ModelNotReady("this model version is not accepting requests")
@@ -196,6 +198,11 @@ class Batcher:
                     item.future.set_exception(InferenceFailed("the model failed on this batch"))
             return
         self._on_batch(len(batch), time.perf_counter() - started)
-        for item, row in zip(batch, outputs, strict=True):
-            if not item.future.done():
+        finite = np.isfinite(outputs).all(axis=tuple(range(1, outputs.ndim)))
+        for item, row, ok in zip(batch, outputs, finite, strict=True):
+            if item.future.done():
+                continue
+            if ok:
                 item.future.set_result(row)
+            else:  # the model's fault, never the client's: a 500 with its traceback, for this image's request only
+                item.future.set_exception(ArithmeticError("the model gave a non-finite probability"))

@@ -20,7 +20,7 @@ class PredictionJSON(JSONResponse):
 
     The same JSON (floats in their shortest round-trip form), at a quarter of the cost on a
     60-class body: about 25 against 100 us here. The body holds only str, int, float, list and
-    dict, and `Predictor` refuses non-finite probabilities before they get here.
+    dict, and the batcher refuses non-finite probabilities before they get here.
     """
 
     def render(self, content: Any) -> bytes:

@@ -66,8 +66,9 @@ def test_a_bug_in_image_handling_is_a_logged_500_not_a_400(store, monkeypatch, c
 
 
 def test_a_model_answering_nan_is_a_logged_500(tmp_path, models, caplog):
-    """Predictions are encoded by a serialiser that would write NaN into the JSON: the predictor
-    refuses non-finite probabilities first, as our fault (the model's), never the client's."""
+    """Predictions are encoded by serialisers that would write NaN into the JSON: the batcher,
+    which every prediction route goes through, refuses non-finite probabilities first, as our
+    fault (the model's), never the client's."""
     root = tmp_path / "models"
     models.write(root, "grey", 1, kind="grey-nan")
     with TestClient(create_app(settings_for(root)), raise_server_exceptions=False) as client:
@@ -78,6 +79,9 @@ def test_a_model_answering_nan_is_a_logged_500(tmp_path, models, caplog):
         assert response.json()["error"]["code"] == "internal_error"
         logged = [record for record in caplog.records if record.exc_info]
         assert logged and "non-finite" in str(logged[0].exc_info[1])
+        pixels = {"name": "pixels", "datatype": "UINT8", "shape": [1, 8, 8, 1], "data": [200] * 64}
+        response = client.post("/v2/models/grey/infer", json={"inputs": [pixels]})
+        assert response.status_code == 500 and response.json() == {"error": "internal error; see the server log"}
 
 
 def test_bad_files_are_still_400s():

@@ -56,6 +56,25 @@ def test_batcher_coalesces_concurrent_submissions_into_one_call():
     assert [float(r[0, 0]) for r in results] == [4.0 * i for i in range(10)]
 
 
+def test_a_non_finite_row_fails_only_its_own_request():
+    def model(batch: np.ndarray) -> np.ndarray:
+        return np.where(batch == 3, np.nan, batch)  # the image 3 makes the model answer NaN
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(model, executor, max_batch_size=16, max_wait_us=0, max_queue_size=64)
+            batcher.start()
+            results = await asyncio.gather(
+                *(batcher.submit([np.full((2,), i, np.float32)]) for i in range(6)), return_exceptions=True
+            )
+            await batcher.close()
+            return results
+
+    results = run(scenario())
+    assert isinstance(results[3], ArithmeticError) and "non-finite" in str(results[3])
+    assert [float(r[0, 0]) for i, r in enumerate(results) if i != 3] == [0.0, 1.0, 2.0, 4.0, 5.0]
+
+
 def test_batcher_splits_at_max_batch_size_and_keeps_order():
     model = CountingModel()
 
