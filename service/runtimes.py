@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -239,9 +239,9 @@ def _timing_sizes(runtime: BatchRuntime) -> list[int]:
     return sorted({runtime.warm_sizes[0], runtime.warm_sizes[-1]})
 
 
-def _score(candidate: Candidate, reference: Candidate) -> float:
-    """Geometric mean over batch sizes of the time relative to TensorFlow (lower is faster)."""
-    ratios = [candidate.timings_ms[s] / max(reference.timings_ms[s], 1e-9) for s in reference.timings_ms]
+def _score(timings_ms: dict[int, float], reference_ms: dict[int, float]) -> float:
+    """Geometric mean over batch sizes of the time relative to the reference's (lower is faster)."""
+    ratios = [timings_ms[s] / max(reference_ms[s], 1e-9) for s in reference_ms]
     return float(np.exp(np.mean(np.log(ratios))))
 
 
@@ -367,7 +367,7 @@ def choose_runtime(
     sizes = _timing_sizes(tensorflow)
     if requested == "auto" and accepted:
         _time(timed, card.input.shape, sizes, settings.runtime_timing_repeats)
-        best = min(timed, key=lambda c: _score(c, reference))
+        best = min(timed, key=lambda c: _score(c.timings_ms, reference.timings_ms))
         decided_by = (
             f"auto: fastest at batch sizes {sizes} (median of {settings.runtime_timing_repeats} interleaved calls each)"
         )
@@ -475,7 +475,7 @@ def start_without_keras(
     best = accepted[0]
     if len(accepted) > 1:
         _time(accepted, card.input.shape, sizes, settings.runtime_timing_repeats)
-        best = min(accepted, key=lambda c: _score(c, accepted[0]))
+        best = min(accepted, key=lambda c: _score(c.timings_ms, accepted[0].timings_ms))
     decided_by = (
         f"auto: fastest at batch sizes {sizes} (median of {settings.runtime_timing_repeats} interleaved calls each)"
         f"; {stored}"
@@ -527,10 +527,9 @@ def confirm_with_keras(
     _time([reference, serving], card.input.shape, _timing_sizes(choice.runtime), settings.runtime_timing_repeats)
     # TensorFlow is judged against this second round of the serving runtime; the candidates keep
     # the figures of the round that decided between them, so /models shows one round per decision
-    against = replace(serving, timings_ms=serving.timings_ms)
-    serving.timings_ms = at_load or against.timings_ms
+    against, serving.timings_ms = serving.timings_ms, at_load or serving.timings_ms
     timed = [reference, *(c for c in others if c.timings_ms)]
-    if _score(reference, against) < 1.0:
+    if _score(reference.timings_ms, against) < 1.0:
         serving.state = "accepted"
         best = reference
     else:
@@ -539,7 +538,7 @@ def confirm_with_keras(
     how, _, gate = choice.decided_by.partition("; ")
     decided_by = (
         f"{how} (TensorFlow timed once its model loaded, against {serving.runtime} timed again alongside it: "
-        f"{reference.timings_ms} against {against.timings_ms} ms by batch size); {gate}"
+        f"{reference.timings_ms} against {against} ms by batch size); {gate}"
     )
     if best is serving:
         choice.decided_by = decided_by
