@@ -8,8 +8,9 @@ Phases alternate (quiet, hammered, quiet, hammered, ...) so that drift on a shar
 lands on both sides; latencies are pooled per kind of phase. Predictions go through the lean
 closed-loop client in `bench/loadgen.py`; the inspection clients use httpx in a process of
 their own, each sending its next request as soon as the last one is answered (after a 503
-they wait 20 ms, not the Retry-After: they are meant to press). The figure is `ratio = p99 hammered / p99 quiet`
-(issue 14: at most 2, with no prediction error). Prints one JSON object.
+they wait 20 ms, not the Retry-After: they are meant to press). The figure is
+`ratio = p99 hammered / p99 quiet` (issue 14: at most 2, with no prediction error). Prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import io
 import json
 import multiprocessing
 import os
+import queue
 import random
 import socket
 import subprocess
@@ -159,8 +161,7 @@ async def measure(url: str, rounds: int, requests: int, concurrency: int = 8, in
     process.start()
     try:
         await run_load(url + "/models/digits/predict", predict, concurrency, total=200, warmup=0)  # warm-up
-        if not await asyncio.to_thread(ready.wait, 120):
-            raise SystemExit("the inspection clients did not get ready")
+        await asyncio.to_thread(_wait_ready, ready, process, 120)
         for _ in range(rounds):
             quiet = await run_load(url + "/models/digits/predict", predict, concurrency, total=requests, warmup=0)
             figures.quiet_ms += quiet.latencies_ms
@@ -177,13 +178,25 @@ async def measure(url: str, rounds: int, requests: int, concurrency: int = 8, in
             figures.prediction_statuses.update(hammered.statuses)
     finally:
         done.set()
-        statuses = results.get(timeout=60)
+        try:
+            statuses = results.get(timeout=60)  # before joining: the process ends once its put is read
+        except queue.Empty:
+            statuses = None
         process.join(30)
+    if statuses is None or process.exitcode != 0:
+        raise SystemExit(f"the inspection clients' process failed (exit code {process.exitcode})")
     figures.inspection_statuses.update(statuses)
     figures.inspection_requests = sum(statuses.values())
-    if process.exitcode != 0:
-        raise SystemExit(f"the inspection clients' process failed (exit code {process.exitcode})")
     return figures
+
+
+def _wait_ready(ready: Event, process: multiprocessing.process.BaseProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if not process.is_alive():
+            raise SystemExit(f"the inspection clients' process failed while setting up (exit code {process.exitcode})")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the inspection clients were not set up after {timeout:g} s")
 
 
 @contextlib.contextmanager
