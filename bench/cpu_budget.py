@@ -73,25 +73,34 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 def measured(pid: int, run) -> dict:
-    """`run()` -> req/s, with the server's CPU per request and the cores it used meanwhile."""
+    """`run()` -> (requests answered, req/s); with the server's CPU per request and the cores it used."""
     cpu, wall = server_cpu_seconds(pid), time.monotonic()
-    rate = run()
+    requests, rate = run()
     cpu, wall = server_cpu_seconds(pid) - cpu, time.monotonic() - wall
     return {
         "rps": round(rate),
-        "cpu_ms_per_request": round(cpu / (rate * wall) * 1000, 3),
+        "cpu_ms_per_request": round(cpu / requests * 1000, 3),
         "cores": round(cpu / wall, 2),
     }
 
 
-def wrk_get(url: str, concurrency: int, seconds: float) -> float:
+def wrk_get(url: str, concurrency: int, seconds: float) -> tuple[int, float]:
+    """`wrk` GETs of `url`: (requests answered, req/s); any answer but 2xx or 3xx is an error."""
     output = subprocess.run(
         ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds:g}s", url], capture_output=True, text=True, check=True
     ).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if match is None:
-        raise RuntimeError(f"wrk printed no rate:\n{output}")
-    return float(match.group(1))
+    count, rate = re.search(r"(\d+) requests in", output), re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if count is None or rate is None or "Non-2xx" in output or "Socket errors" in output:
+        raise RuntimeError(f"wrk: no rate, or errors:\n{output}")
+    return int(count.group(1)), float(rate.group(1))
+
+
+def wrk_post(url: str, image: bytes, filename: str, concurrency: int, seconds: float) -> tuple[int, float]:
+    """`run_bench.wrk_load`: (requests answered, req/s); an error is fatal."""
+    result = wrk_load(url, image, filename, concurrency, seconds)
+    if result["errors"]:
+        raise RuntimeError(f"{url}: {result['errors']} errors under load")
+    return result["requests"], result["throughput_rps"]
 
 
 def serve_and_load(store: Path, seconds: float, rounds: int) -> dict:
@@ -111,10 +120,7 @@ def serve_and_load(store: Path, seconds: float, rounds: int) -> dict:
                 wrk_load(url + path, body, filename, concurrency, 2)  # warm
                 out["empty"].append(measured(process.pid, lambda: wrk_get(url + "/health/live", 32, seconds)))
                 out[task].append(
-                    measured(
-                        process.pid,
-                        lambda: wrk_load(url + path, body, filename, concurrency, seconds)["throughput_rps"],  # noqa: B023
-                    )
+                    measured(process.pid, lambda: wrk_post(url + path, body, filename, concurrency, seconds))  # noqa: B023
                 )
     finally:
         stop(process)
