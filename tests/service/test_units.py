@@ -40,6 +40,21 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+def submit_each(model, arrays: list[np.ndarray], max_batch_size: int) -> list:
+    """Each array submitted as its own request, all at once, through one batcher over `model`:
+    each request's rows, or the exception it got."""
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(model, executor, max_batch_size=max_batch_size, max_wait_us=0, max_queue_size=64)
+            batcher.start()
+            results = await asyncio.gather(*(batcher.submit([array]) for array in arrays), return_exceptions=True)
+            await batcher.close()
+            return results
+
+    return run(scenario())
+
+
 def test_batcher_coalesces_concurrent_submissions_into_one_call():
     model = CountingModel()
 
@@ -60,17 +75,7 @@ def test_a_non_finite_row_fails_only_its_own_request():
     def model(batch: np.ndarray) -> np.ndarray:
         return np.where(batch == 3, np.nan, batch)  # the image 3 makes the model answer NaN
 
-    async def scenario():
-        with ThreadPoolExecutor(1) as executor:
-            batcher = Batcher(model, executor, max_batch_size=16, max_wait_us=0, max_queue_size=64)
-            batcher.start()
-            results = await asyncio.gather(
-                *(batcher.submit([np.full((2,), i, np.float32)]) for i in range(6)), return_exceptions=True
-            )
-            await batcher.close()
-            return results
-
-    results = run(scenario())
+    results = submit_each(model, [np.full((2,), i, np.float32) for i in range(6)], max_batch_size=16)
     assert isinstance(results[3], ArithmeticError) and "non-finite" in str(results[3])
     assert [float(r[0, 0]) for i, r in enumerate(results) if i != 3] == [0.0, 1.0, 2.0, 4.0, 5.0]
 
@@ -200,17 +205,7 @@ def test_batcher_reports_model_failure_to_every_request_in_the_batch():
     def broken(batch):
         raise RuntimeError("boom")
 
-    async def scenario():
-        with ThreadPoolExecutor(1) as executor:
-            batcher = Batcher(broken, executor, max_batch_size=8, max_wait_us=0, max_queue_size=64)
-            batcher.start()
-            results = await asyncio.gather(
-                *(batcher.submit([np.ones(1, np.float32)]) for _ in range(3)), return_exceptions=True
-            )
-            await batcher.close()
-            return results
-
-    results = run(scenario())
+    results = submit_each(broken, [np.ones(1, np.float32)] * 3, max_batch_size=8)
     assert [getattr(r, "code", None) for r in results] == ["inference_failed"] * 3
 
 
