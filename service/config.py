@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="default for `python -m service --host`")
     port: int = Field(8000, ge=0, le=65535, description="default for `python -m service --port`")
     api_key: SecretStr | None = Field(
-        None, description="if set, every route but /health/live and the page files needs X-API-Key"
+        None, description="if set, every route but the health probes, the page files and the docs needs X-API-Key"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins, comma-separated; empty: CORS closed"

@@ -42,7 +42,8 @@ Send images to `POST /models/{name}/predict` as multipart `file` parts, base64 J
 arrays; every prediction carries an `id`: `GET /activations/{id}` returns the activations of
 any layers for that image, `GET /activations/{id}/gradcam` a Grad-CAM heatmap. Errors always
 look like `{"error": {"code": "...", "message": "..."}}`. When the server has an API key, send it as
-`X-API-Key` (every route but `/health/live`, the explorer page's own files and these docs)."""
+`X-API-Key` (every route but the health probes, `/health/*` and `/v2/health/*`, the explorer page's
+own files and these docs)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

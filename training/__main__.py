@@ -1,4 +1,4 @@
-"""python -m training train|evaluate|archs ... (see --help)."""
+"""python -m training train|evaluate|archs|export|check-split ... (see --help)."""
 
 from __future__ import annotations
 
