@@ -13,6 +13,6 @@ test:
 lint:
 	ruff check . && ruff format --check .
 
-# Retrains the four shipped models (about 70 minutes on 2 CPU cores); see models/README.md.
+# Retrains the shipped models (about 2.5 hours on 2 CPU cores, from the cards' wall times); see models/README.md.
 train-all:
 	scripts/train_all.sh $(DATA) models
