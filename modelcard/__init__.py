@@ -26,7 +26,7 @@ from modelcard.layout import (
     parse_version,
 )
 from modelcard.loading import ChecksumMismatch, load_verified_model, verify_sha256
-from modelcard.preprocess import image_to_array
+from modelcard.preprocess import exif_orientation, image_to_array
 
 __all__ = [
     "CARD_FILE",
@@ -47,6 +47,7 @@ __all__ = [
     "ValidationMetrics",
     "WrongPrediction",
     "file_sha256",
+    "exif_orientation",
     "image_to_array",
     "load_verified_model",
     "list_versions",

@@ -4,10 +4,11 @@ layer inside each saved model, so nothing here divides by 255."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from modelcard.card import InputSpec
 
@@ -18,6 +19,39 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+
+# EXIF orientation (tag 0x0112) -> the transpose that shows the image upright (as Pillow's
+# `ImageOps.exif_transpose`; 1 and unknown values: as stored).
+_EXIF_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# What Pillow raises on an EXIF block it cannot parse (seen: SyntaxError "not a TIFF file",
+# struct.error, TypeError from a mutated JPEG's or WebP's EXIF).
+_EXIF_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, KeyError, IndexError, struct.error)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation, 1-8; 1 (as stored) when it has none or its EXIF block
+    cannot be read. Orientation is metadata beside valid pixels, so a damaged block is ignored,
+    as browsers and photo viewers do, rather than making the image unusable."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except _EXIF_ERRORS:
+        return 1
+    return orientation if type(orientation) is int and orientation in _UPRIGHT else 1
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    method = _UPRIGHT.get(exif_orientation(image))
+    return image if method is None else image.transpose(method)
 
 
 def _flatten_on_white(image: Image.Image) -> Image.Image:
@@ -167,8 +201,7 @@ def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
     Returns:
         A uint8 array of shape `spec.shape`.
     """
-    image = ImageOps.exif_transpose(image)
-    image = _flatten_on_white(image)
+    image = _flatten_on_white(_upright(image))
     image = image.convert("L" if spec.color_mode == "grayscale" else "RGB")
     if spec.preprocess == "mnist":
         return mnist_framing(np.asarray(image, dtype=np.uint8))[:, :, None]

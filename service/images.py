@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from modelcard import InputSpec, image_to_array
+from modelcard import InputSpec, exif_orientation, image_to_array
 from service.errors import ImageTooLarge, InvalidImage, InvalidInput, UnsupportedFormat
 
 # Common formats with decoders built into Pillow. JPEG covers MPO (multi-picture camera files).
@@ -156,7 +156,7 @@ REDUCING_GAP = 4
 
 def _target(image: Image.Image, spec: InputSpec) -> tuple[int, int]:
     """The model's (width, height) in the image's stored orientation (EXIF turns some by 90 degrees)."""
-    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    orientation = exif_orientation(image)
     return (spec.height, spec.width) if orientation in (5, 6, 7, 8) else (spec.width, spec.height)
 
 
@@ -195,10 +195,12 @@ def shrink_for_decoding(image: Image.Image, spec: InputSpec) -> Image.Image:
     if image.mode not in ("L", "RGB", "RGBA", "LA", "I", "F"):
         transparent = "transparency" in image.info or "A" in image.getbands()
         image = image.convert("RGBA" if transparent else ("L" if image.mode in ("1", "I;16") else "RGB"))
-    exif = image.getexif()
+    orientation = exif_orientation(image)
     shrunk = image.resize(size, Image.Resampling.BOX)
-    if exif:
-        shrunk.info["exif"] = exif.tobytes()  # keeps the orientation for exif_transpose
+    if orientation != 1:  # keep it for image_to_array (only it: the rest of the block may be damaged)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        shrunk.info["exif"] = exif.tobytes()
     return shrunk
 
 

@@ -207,6 +207,37 @@ def test_mutated_image_files_decode_or_get_a_documented_error(data):
     assert_decodes_or_refuses(data)
 
 
+def _with_exif(fmt: str, orientation: int) -> tuple[bytes, int]:
+    """A small image whose EXIF block holds an orientation, a text tag and a sub-IFD; and where
+    that block starts in the file."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Camera"
+    exif[0x8769] = {0x9003: "2020:01:01 00:00:00"}
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 30, 30)).save(buffer, fmt, exif=exif.tobytes())
+    data = buffer.getvalue()
+    marker = {"JPEG": b"Exif\x00\x00", "PNG": b"eXIf", "WEBP": b"EXIF", "TIFF": b""}[fmt]
+    return data, data.find(marker)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fmt=st.sampled_from(["JPEG", "PNG", "WEBP", "TIFF"]),
+    orientation=st.integers(1, 8),
+    edits=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_damaged_exif_blocks_decode_or_get_a_documented_error(fmt, orientation, edits):
+    # Pillow raises SyntaxError, struct.error or TypeError on some damaged EXIF blocks: they must
+    # not escape as 500s (a WebP whose EXIF header was damaged once did)
+    data, start = _with_exif(fmt, orientation)
+    damaged = bytearray(data)
+    for offset, value in edits:
+        if start + offset < len(damaged):
+            damaged[start + offset] = value
+    assert_decodes_or_refuses(bytes(damaged))
+
+
 @pytest.fixture(scope="module")
 def client(fuzzed_app):
     app, root = fuzzed_app

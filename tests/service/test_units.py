@@ -270,6 +270,27 @@ def test_decode_applies_exif_orientation():
     assert array[:4].mean() > 200 and array[4:].mean() < 50
 
 
+def test_an_unreadable_exif_block_is_ignored_and_the_pixels_decode_as_stored():
+    pixels = np.zeros((4, 8), np.uint8)
+    pixels[:, :4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    block = bytearray(exif.tobytes())
+    mark = block.index(b"MM\x00*")  # the TIFF header's byte order: unreadable, Pillow raises SyntaxError
+    block[mark : mark + 2] = b"ZZ"
+    files = {}
+    for name, extra in {"damaged": {"exif": bytes(block)}, "plain": {}}.items():
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "L").save(buffer, "WEBP", lossless=True, **extra)
+        files[name] = buffer.getvalue()
+    with pytest.raises(SyntaxError):
+        Image.open(io.BytesIO(files["damaged"])).getexif()
+    wide = InputSpec(height=4, width=8, channels=1, color_mode="grayscale", resample="nearest")
+    damaged = decode_image(files["damaged"], wide, max_pixels=1000)
+    np.testing.assert_array_equal(damaged, decode_image(files["plain"], wide, max_pixels=1000))
+    assert damaged[:, :4].mean() > 200  # not rotated: the orientation could not be read
+
+
 def test_decode_flattens_transparency_on_white():
     clear_black = np.zeros((8, 8, 4), np.uint8)  # black, fully transparent
     array = decode_image(png(clear_black, "RGBA"), GREY_SPEC, max_pixels=1000)
