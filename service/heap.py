@@ -8,7 +8,9 @@ the long-lived ones, so a loaded service sees them rarely (none in 16 s of digit
 concurrency 8 here), but a hot reload or a filling input cache brings one on. Once a set of
 model versions has loaded, `freeze_when_loaded` collects once and moves every object alive
 into the permanent generation (`gc.freeze`); later collections skip them (a full collection
-then took under 1 ms).
+then took under 1 ms). Frozen objects are never collected, so when a version that was frozen
+is unloaded (it left the store, or a failed one is replaced), everything is unfrozen first and
+the collection frees it: one full collection, once per such change.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from service.registry import LOADING, ModelRegistry
 log = logging.getLogger(__name__)
 
 
-def freeze() -> float:
-    """Collect, then freeze what is left; returns the seconds it took."""
+def freeze(unfreeze_first: bool = False) -> float:
+    """Collect, then freeze what is left; returns the seconds it took. `unfreeze_first`: what was
+    frozen before is collected too (it may hold an unloaded version)."""
     started = time.perf_counter()
+    if unfreeze_first:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
     return time.perf_counter() - started
@@ -41,6 +46,6 @@ async def freeze_when_loaded(registry: ModelRegistry, poll_seconds: float = 0.5)
             continue
         current = frozenset((v.name, v.version, v.state) for v in versions)
         if current != frozen:
-            seconds = freeze()
+            seconds = freeze(unfreeze_first=bool(frozen - current))  # a frozen version is gone or replaced
             frozen = current
             log.info("heap frozen after loading (%d objects, %.2f s)", gc.get_freeze_count(), seconds)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
+import weakref
 
 from fastapi.testclient import TestClient
 
@@ -117,3 +119,21 @@ def test_ready_once_each_models_newest_version_is_loaded_older_ones_load_after(m
             assert order[2:] == ["colors/1", "grey/1"]
     finally:
         release.set()
+
+
+def test_a_version_that_left_the_store_is_freed_although_the_heap_was_frozen(models, tmp_path):
+    # the heap is frozen after loads (service/heap.py), and frozen objects are never collected
+    models.write(tmp_path, "grey", 1)
+    models.write(tmp_path, "grey", 2)
+    settings = settings_for(tmp_path, reload_interval_seconds=0.1, gc_freeze_after_load=True)
+    with TestClient(create_app(settings)) as client:
+        registry = client.app.state.registry
+        wait_until(lambda: all(v.ready for v in registry.versions("grey")), timeout=20)
+        # a Keras model is full of reference cycles: only a collection frees it
+        keras_model = weakref.ref(registry.versions("grey")[0].probe._model)
+        wait_until(lambda: gc.get_freeze_count() > 0, timeout=20)  # the freezer ran after the loads
+
+        shutil.rmtree(tmp_path / "grey" / "1")
+        wait_until(lambda: [v.version for v in registry.versions("grey")] == [2])
+        wait_until(lambda: (gc.collect(), keras_model() is None)[1], timeout=10)
+        assert client.post("/models/grey/predict", files={"file": ("a.png", grey_image(0))}).json()["version"] == 2
