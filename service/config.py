@@ -163,7 +163,9 @@ class Settings(BaseSettings):
         1, gt=0, description="threads running activations, kernels and Grad-CAM (model calls and encoding)"
     )
     max_inspections_in_flight: int = Field(
-        4, gt=0, description="activations/kernels/Grad-CAM requests running or waiting at once; beyond it 503"
+        4,
+        gt=0,
+        description="activations/kernels/Grad-CAM requests and v2 layer outputs running or waiting; beyond it 503",
     )
     inspection_duty_cycle: float = Field(
         0.3, gt=0, le=1, description="share of wall time the inspection threads may work; they rest the rest"

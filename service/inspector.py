@@ -190,9 +190,9 @@ class Inspector:
         `gone` is `Predictor.prepare`'s: decoding stops for a client that has hung up.
         """
         entry = self.registry.resolve(name, version)
-        await self._probe(entry)
         assert entry.card is not None  # resolve() returns ready versions only
-        with self._admitted("activations"):
+        with self._admitted("activations"):  # before waiting for Keras: a waiting request holds its body
+            await self._probe(entry)
             arrays = await self.predictor.prepare(inputs, entry.card.input, gone)
             ids = self.predictor.remember(entry, arrays)
             batch = np.stack([np.asarray(array, np.float32) for array in arrays])
@@ -204,10 +204,11 @@ class Inspector:
         Raises:
             ActivationsUnavailable, UnknownLayer, ResponseTooLarge.
         """
-        probe = await self._probe(entry)
-        names = probe.select(names)
-        self._check_size(4 * len(batch) * sum(probe.layers[name].values for name in names), "ask for fewer layers")
-        return await self._infer(probe, batch, names)
+        with self._admitted("activations"):
+            probe = await self._probe(entry)
+            names = probe.select(names)
+            self._check_size(4 * len(batch) * sum(probe.layers[name].values for name in names), "ask for fewer layers")
+            return await self._infer(probe, batch, names)
 
     async def _activations(
         self, entry: ModelVersion, batch: np.ndarray, ids: list[str], query: ActivationsQuery

@@ -180,6 +180,12 @@ def test_inspection_beyond_its_capacity_gets_503_with_retry_after_and_is_counted
         refused = client.get(f"/activations/{prediction_id}/gradcam")
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "3"
         assert refused.json()["error"]["code"] == "queue_full"
+        # layer outputs asked of v2 inference are activations too; its probabilities are not
+        pixels = {"name": "pixels", "datatype": "UINT8", "shape": [1, 8, 8, 3], "data": [0] * 192}
+        layered = client.post("/v2/models/edges/infer", json={"inputs": [pixels], "outputs": [{"name": "conv1"}]})
+        assert layered.status_code == 503 and layered.headers["Retry-After"] == "3", layered.text
+        plain = client.post("/v2/models/edges/infer", json={"inputs": [pixels]})
+        assert plain.status_code == 200
         # predictions do not wait for inspection: its thread is busy, theirs is not
         assert client.post("/models/grey/predict", files={"file": ("g.png", grey_image(9))}).status_code == 200
         release.set()
@@ -188,6 +194,7 @@ def test_inspection_beyond_its_capacity_gets_503_with_retry_after_and_is_counted
         assert client.get(f"/activations/{prediction_id}?layers=conv1").status_code == 200
         metrics = client.get("/metrics").text
         assert 'inspections_refused_total{kind="gradcam"} 1.0' in metrics
+        assert 'inspections_refused_total{kind="activations"} 1.0' in metrics
         assert "inspections_in_flight 0.0" in metrics
 
 
