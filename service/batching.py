@@ -104,7 +104,8 @@ class Batcher:
                 model's: the error handler makes it a logged 500, and JSON never carries a NaN).
         """
         if self._closing or not self._workers:
-            raise ModelNotReady("this model version is not accepting requests")
+            # closing: unloaded, or replaced by a version that serves the retry
+            raise ModelNotReady("this model version is not accepting requests", self._retry_after)
         if len(arrays) > self.max_queue_size:
             raise TooManyImages(f"{len(arrays)} images; at most {self.max_queue_size} can wait for this model")
         if len(self._queue) + len(arrays) > self.max_queue_size:

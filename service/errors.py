@@ -123,7 +123,14 @@ class InvalidInput(ServiceError):
 
 
 class ModelNotReady(ServiceError):
+    """Not servable now: loading (with a `Retry-After` hint), or failed (none: waiting will not help)."""
+
     status_code, code = 503, "model_not_ready"
+
+    def __init__(self, message: str, retry_after_seconds: int | None = None) -> None:
+        super().__init__(
+            message, headers=None if retry_after_seconds is None else {"Retry-After": str(retry_after_seconds)}
+        )
 
 
 class QueueFull(ServiceError):
@@ -158,7 +165,7 @@ def error_body(code: str, message: str) -> dict:
 # The Open Inference Protocol's routes answer errors in its own body, `{"error": "..."}`, and
 # with its statuses: a client mistake is a 400 there (this API's 415 and 422 become 400).
 PROTOCOL_PREFIX = "/v2"
-_PROTOCOL_KEEPS = frozenset({400, 401, 404, 405, 413, 503})
+_PROTOCOL_KEEPS = frozenset({400, 401, 404, 405, 408, 413, 499, 503})
 
 
 def is_protocol_path(path: str | None) -> bool:

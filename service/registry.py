@@ -414,7 +414,8 @@ class ModelRegistry:
             chosen = self.default(name)
             if chosen is None:
                 states = ", ".join(f"v{v.version} {v.state}" for v in versions)
-                raise ModelNotReady(f"model {name!r} has no ready version ({states})")
+                loading = any(v.state == LOADING for v in versions)
+                raise ModelNotReady(f"model {name!r} has no ready version ({states})", self._retry_after(loading))
             return chosen
         entry = self._models[name].get(version)
         if entry is None:
@@ -422,7 +423,9 @@ class ModelRegistry:
             raise VersionNotFound(f"model {name!r} has no version {version}; versions: {known}")
         if not entry.ready:
             detail = f": {entry.reason}" if entry.reason else ""
-            raise ModelNotReady(f"model {name!r} version {version} is {entry.state}{detail}")
+            raise ModelNotReady(
+                f"model {name!r} version {version} is {entry.state}{detail}", self._retry_after(entry.state == LOADING)
+            )
         return entry
 
     async def inspectable(self, entry: ModelVersion) -> ModelVersion:
@@ -436,11 +439,16 @@ class ModelRegistry:
                 await asyncio.wait_for(entry.inspectable.wait(), self.settings.keras_wait_seconds)
             except TimeoutError:
                 raise ModelNotReady(
-                    f"model {entry.name!r} version {entry.version} serves predictions; its layers are still loading"
+                    f"model {entry.name!r} version {entry.version} serves predictions; its layers are still loading",
+                    self._retry_after(True),
                 ) from None
         if entry.state != READY:
             raise ModelNotReady(f"model {entry.name!r} version {entry.version} is {entry.state}: {entry.reason}")
         return entry
+
+    def _retry_after(self, loading: bool) -> int | None:
+        """The Retry-After hint of a `ModelNotReady`: while something loads; none for a failure."""
+        return self.settings.retry_after_seconds if loading else None
 
     async def newest_versions_settled(self, timeout: float, interval: float = 0.05) -> bool:
         """Wait until each model's newest version has left `loading` (ready or failed), for up

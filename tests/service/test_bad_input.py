@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.errors import error_response
 from service.main import create_app
 from tests.service.conftest import color_image, grey_image, png, settings_for, wait_ready, wait_until
 
@@ -30,7 +31,14 @@ def client(models, tmp_path_factory):
     models.write(root, "colors", 2, sha="0" * 64)  # refused: the card's sha256 does not match
     models.write(root, "broken", 1, kind="grey", sha="1" * 64)  # its only version fails
     settings = settings_for(
-        root, max_body_bytes=MAX_BODY, max_images_per_request=4, max_image_pixels=MAX_PIXELS, max_queue_size=4
+        root,
+        max_body_bytes=MAX_BODY,
+        max_images_per_request=4,
+        max_image_pixels=MAX_PIXELS,
+        max_queue_size=4,
+        # every batch through the inference thread: the queue-full test holds that thread to fill
+        # the queue, and these tiny models' calls would otherwise run on the loop once timed fast
+        inline_call_us=0,
     )
     with TestClient(create_app(settings)) as client:
         # every version, not each model: colors is "failed" by its v2 while its v1 still loads
@@ -272,7 +280,17 @@ def test_failed_version_is_503_and_previous_keeps_serving(client):
 
 
 def test_model_with_no_ready_version_is_503(client):
-    assert_error(predict_file(client, grey_image(0), model="broken"), 503, "model_not_ready")
+    response = predict_file(client, grey_image(0), model="broken")
+    assert_error(response, 503, "model_not_ready")
+    assert "retry-after" not in response.headers  # it failed: waiting will not help
+
+
+def test_the_protocol_routes_keep_timeout_statuses_and_make_other_client_errors_400():
+    # the Open Inference Protocol answers a client mistake with 400; a timeout is not a mistake in the request
+    for status, expected in [(408, 408), (499, 499), (413, 413), (503, 503), (415, 400), (422, 400)]:
+        response = error_response(status, "code", "message", path="/v2/models/m/infer")
+        assert response.status_code == expected and json.loads(response.body) == {"error": "message"}
+        assert error_response(status, "code", "message", path="/models/m/predict").status_code == status
 
 
 def test_readiness_reports_failures_while_liveness_stays_up(client):
@@ -331,8 +349,15 @@ def test_model_still_loading_is_503(models, tmp_path, monkeypatch):
             assert ready.json()["models"]["grey"]["versions"] == [
                 {"version": 1, "state": "loading", "reason": None, "keras_loaded": False}
             ]
-            error = assert_error(predict_file(client, grey_image(0)), 503, "model_not_ready")
+            loading = predict_file(client, grey_image(0))
+            error = assert_error(loading, 503, "model_not_ready")
             assert "loading" in error["message"]
+            assert loading.headers["retry-after"] == str(client.app.state.settings.retry_after_seconds)
+            v2 = client.post(
+                "/v2/models/grey/infer",
+                json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
+            )
+            assert v2.status_code == 503 and "retry-after" in v2.headers, v2.text
             release.set()
             wait_ready(client)
             assert predict_file(client, grey_image(0)).status_code == 200
