@@ -210,7 +210,9 @@ class ModelRegistry:
             raise
         except Exception as error:
             reason = self._describe_failure(entry, error)
-            log.warning("%s version %d failed to load: %s", entry.name, entry.version, reason)
+            log.warning(
+                "%s version %d failed to load: %s", entry.name, entry.version, reason, exc_info=_unexpected(error)
+            )
             entry.state, entry.reason = FAILED, reason
             self.metrics.set_model_state(entry.name, entry.version, FAILED)
             return
@@ -258,7 +260,9 @@ class ModelRegistry:
                 FAILED,
                 f"the Keras model failed to load: {self._describe_failure(entry, error)}",
             )
-            log.warning("%s version %d stops serving: %s", entry.name, entry.version, entry.reason)
+            log.warning(
+                "%s version %d stops serving: %s", entry.name, entry.version, entry.reason, exc_info=_unexpected(error)
+            )
             self.metrics.set_model_state(entry.name, entry.version, FAILED)
             entry.inspectable.set()
             await batcher.close()
@@ -477,6 +481,12 @@ class ModelRegistry:
 
 class _LoadError(Exception):
     """A load failure whose message is already safe to show to clients."""
+
+
+def _unexpected(error: Exception) -> bool:
+    """A load failure whose traceback belongs in the log: anything but the store's own faults
+    that the message already says all of (a bad card, a checksum mismatch)."""
+    return not isinstance(error, _LoadError | ChecksumMismatch)
 
 
 def _first_line(error: Exception) -> str:

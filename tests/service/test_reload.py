@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import shutil
 import threading
 import weakref
@@ -137,3 +138,27 @@ def test_a_version_that_left_the_store_is_freed_although_the_heap_was_frozen(mod
         wait_until(lambda: [v.version for v in registry.versions("grey")] == [2])
         wait_until(lambda: (gc.collect(), keras_model() is None)[1], timeout=10)
         assert client.post("/models/grey/predict", files={"file": ("a.png", grey_image(0))}).json()["version"] == 2
+
+
+def test_a_load_failure_of_ours_is_logged_with_its_traceback_a_bad_store_in_one_line(
+    models, tmp_path, monkeypatch, caplog
+):
+    import service.registry
+
+    def broken(model):  # stands in for a bug of ours in the load path
+        raise AttributeError("no_such_attribute")
+
+    monkeypatch.setattr(service.registry, "describe_layers", broken)
+    models.write(tmp_path, "grey", 1)
+    models.write(tmp_path, "colors", 1, sha="0" * 64)  # the store's fault: its card's sha256 is wrong
+    with (
+        caplog.at_level(logging.WARNING, logger="service.registry"),
+        TestClient(create_app(settings_for(tmp_path))) as client,
+    ):
+        wait_until(lambda: all(m["state"] == "failed" for m in client.get("/models").json()["models"]))
+    failures = {
+        record.getMessage().split()[0]: record for record in caplog.records if "failed to load" in record.getMessage()
+    }
+    assert "AttributeError: no_such_attribute" in failures["grey"].getMessage()
+    assert failures["grey"].exc_info is not None and failures["grey"].exc_info[0] is AttributeError
+    assert "sha256" in failures["colors"].getMessage() and not failures["colors"].exc_info
