@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.api_key is None:
             log.warning("no API_KEY set: the service is open, every route answers anyone who can reach this port")
         else:
-            log.info("API key required: X-API-Key on every route but /health/live, the explorer page and the docs")
+            log.info("API key required: X-API-Key on every route but the health probes, the explorer page and the docs")
         await registry.start()
         # With several workers, a worker takes connections once its lifespan has started. Another
         # may already answer /health/ready, so this one waits until it can serve too: otherwise a

@@ -10,7 +10,8 @@ default or the new one, never a half-loaded model. A request keeps the `ModelVer
 resolved, so it finishes on that version even if a newer one becomes the default meanwhile.
 A version that fails is reported with a reason, and the versions already loaded keep serving.
 Each model's newest version is loaded first; the service counts as ready (`all_ready`) once
-those are, and warms each version's activation probe right after it turns ready.
+every model has a version serving, and warms each version's activation probe right after it
+turns ready.
 
 A version whose Keras outputs on the parity gate's inputs are known (stored with the version
 by training, or cached with an earlier `auto` decision in `RUNTIME_CACHE_DIR`) turns ready
@@ -465,18 +466,16 @@ class ModelRegistry:
         return True
 
     def all_ready(self) -> bool:
-        """True when the store has models, each model's newest version serves predictions (its
-        Keras model may still be loading: `inspectable`), and no version failed. Older versions may
-        still be loading (they load after the newest ones): a request for one of them meanwhile is
-        a 503 `model_not_ready`, like any loading version."""
-        if not self._models:
-            return False
-        for versions in self._models.values():
-            if not versions or not versions[max(versions)].ready:
-                return False
-            if any(v.state == FAILED for v in versions.values()):
-                return False
-        return True
+        """True when the store has models and each has a version serving predictions (its default,
+        whose Keras model may still be loading: `inspectable`).
+
+        At start that is each model's newest version, which loads first (older ones load after; a
+        request for one of them meanwhile is a 503 `model_not_ready`, like any loading version).
+        Later, a new version loading or failing beside one that serves changes nothing here: the
+        serving one keeps answering, so a hot reload never takes a replica out of its load
+        balancer (the body of `/health/ready` lists the failures, `/metrics` has `model_state`).
+        A model with no version serving, its first still loading or all failed, makes it False."""
+        return bool(self._models) and all(self.default(name) is not None for name in self._models)
 
 
 class _LoadError(Exception):

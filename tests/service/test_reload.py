@@ -30,7 +30,14 @@ def test_new_version_takes_over_while_requests_run_and_a_bad_one_is_refused(mode
                 response = client.post("/models/grey/predict", files={"file": ("a.png", grey_image(255))})
                 log.append((response.status_code, response.json().get("version", -1)))
 
+        readiness: list[int] = []  # a load balancer's probe: a reload must never take the replica out
+
+        def probe() -> None:
+            while not stop.is_set():
+                readiness.append(client.get("/health/ready").status_code)
+
         threads = [threading.Thread(target=hammer, args=(log,)) for log in seen]
+        threads.append(threading.Thread(target=probe))
         for thread in threads:
             thread.start()
         try:
@@ -42,7 +49,8 @@ def test_new_version_takes_over_while_requests_run_and_a_bad_one_is_refused(mode
 
             # a version whose file does not match its card: reported, never served
             models.write(tmp_path, "grey", 3, sha="f" * 64)
-            wait_until(lambda: client.get("/health/ready").status_code == 503, timeout=20)
+            grey_versions = lambda: client.get("/models").json()["models"][0]["versions"]  # noqa: E731
+            wait_until(lambda: [v["state"] for v in grey_versions()] == ["ready", "ready", "failed"], timeout=20)
             count = [len(log) for log in seen]
             wait_until(lambda: all(len(log) > n + 5 for log, n in zip(seen, count, strict=True)), timeout=20)
         finally:
@@ -50,6 +58,7 @@ def test_new_version_takes_over_while_requests_run_and_a_bad_one_is_refused(mode
             for thread in threads:
                 thread.join(10)
 
+        assert len(readiness) > 10 and set(readiness) == {200}, readiness
         for log in seen:
             assert {status for status, _ in log} == {200}, "no request may fail during a reload"
             versions = [version for _, version in log]
