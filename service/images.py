@@ -234,9 +234,19 @@ def pixels_to_input(values: Any, spec: InputSpec) -> np.ndarray:
     if raw.shape != expected and not (spec.channels == 1 and raw.shape == expected[:2]):
         accepted = f"{list(expected)}" + (f" or {list(expected[:2])}" if spec.channels == 1 else "")
         raise InvalidInput(f"pixel array has shape {list(raw.shape)}; this model takes {accepted}")
-    if not np.isfinite(raw).all():
-        raise InvalidInput("pixel array contains NaN or infinity")
-    low, high = spec.value_range
-    if raw.min() < low or raw.max() > high:
-        raise InvalidInput(f"pixel values must be within [{low:g}, {high:g}]")
+    check_pixel_values(raw, spec, "pixel array")
     return raw.astype(np.float32).reshape(expected)
+
+
+def check_pixel_values(pixels: np.ndarray, spec: InputSpec, what: str) -> None:
+    """Raw pixels a model may take (JSON arrays here, v2 tensors in `oip`): finite, and within
+    the spec's value range (the model rescales them itself).
+
+    Raises:
+        InvalidInput: NaN/inf or out of range (a 400 on the protocol's routes).
+    """
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise InvalidInput(f"{what} contains NaN or infinity")
+    low, high = spec.value_range
+    if pixels.min() < low or pixels.max() > high:
+        raise InvalidInput(f"{what}: values must be within [{low:g}, {high:g}]")

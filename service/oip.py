@@ -25,6 +25,7 @@ import numpy as np
 
 from modelcard import InputSpec
 from service.errors import BadRequest, TooManyImages
+from service.images import check_pixel_values
 
 PIXELS, IMAGE = "pixels", "image"
 PROBABILITIES, LABEL = "probabilities", "label"
@@ -232,11 +233,7 @@ def _pixels(tensor: dict, raw: memoryview | None, datatype: str, shape: list[int
         if datatype == "UINT8" and (array.min() < 0 or array.max() > 255):
             raise BadRequest("input pixels: UINT8 values must be within [0, 255]")
     pixels = array.astype(np.float32).reshape(shape)
-    if datatype == "FP32" and not np.isfinite(pixels).all():
-        raise BadRequest("input pixels contains NaN or infinity")
-    low, high = spec.value_range
-    if pixels.min() < low or pixels.max() > high:
-        raise BadRequest(f"input pixels: values must be within [{low:g}, {high:g}]")
+    check_pixel_values(pixels, spec, "input pixels")
     return pixels
 
 
