@@ -73,15 +73,6 @@ class RequestTimeout(ServiceError):
         super().__init__(message, headers={"Connection": "close"})
 
 
-class ClientDisconnected(ServiceError):
-    """The client closed the connection before its request was read: nobody is left to answer.
-
-    499 is nginx's "client closed request": counted in /metrics as the client's doing, not as a 500.
-    """
-
-    status_code, code = 499, "client_closed_request"
-
-
 class UnknownLayer(ServiceError):
     status_code, code = 400, "unknown_layer"
 
@@ -141,7 +132,10 @@ class QueueFull(ServiceError):
 
 
 class ClientGone(ServiceError):
-    """The client hung up before its answer was ready: work for it stops (nginx's 499; nobody reads it)."""
+    """The client hung up before its request was read or its answer was ready: work for it stops,
+    and nobody reads the answer. 499 is nginx's "client closed request": counted in /metrics as
+    the client's doing, not as a 500.
+    """
 
     status_code, code = 499, "client_closed_request"
 
@@ -226,7 +220,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _client_disconnected(request: Request, error: ClientDisconnect) -> JSONResponse:
         # one short line, no traceback: a client hanging up mid-upload is not our failure
         log.info("client disconnected before its request was read: %s %s", request.method, request.url.path[:200])
-        return render(ClientDisconnected("the client closed the connection"))
+        return render(ClientGone("the client closed the connection"), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -84,6 +84,12 @@ def describe_layers(model: keras.Model) -> list[LayerInfo]:
     return described
 
 
+def top_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Each row's `k` most probable class indices, best first; ties in class order (every
+    answer that ranks classes, `/predict`'s `top_k` and v2's classification, ranks alike)."""
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+
+
 def batch_buckets(max_batch_size: int) -> list[int]:
     """Powers of two up to `max_batch_size`, and `max_batch_size` itself."""
     sizes, n = [], 1

@@ -26,6 +26,7 @@ import numpy as np
 from modelcard import InputSpec
 from service.errors import BadRequest, TooManyImages
 from service.images import check_pixel_values
+from service.inference import top_indices
 
 PIXELS, IMAGE = "pixels", "image"
 PROBABILITIES, LABEL = "probabilities", "label"
@@ -329,7 +330,7 @@ def _flag(parameters: dict, key: str, where: str, default: bool = False) -> bool
 
 def classification(probabilities: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
     """The classification extension: each row's top k as "score:index:label", row-major."""
-    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    best = top_indices(probabilities, k)
     return [
         f"{probabilities[row, index]:f}:{index}:{labels[index]}".encode()
         for row in range(len(best))

@@ -19,6 +19,7 @@ import numpy as np
 from modelcard import InputSpec
 from service.errors import ClientGone, InvalidInput
 from service.images import image_to_input, open_image, pixels_to_input
+from service.inference import top_indices
 from service.input_cache import InputCache
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ModelVersion
@@ -145,7 +146,7 @@ class Predictor:
         labels = entry.card.class_names
         k = min(top_k or DEFAULT_TOP_K, len(labels))
         rows = readable_floats(probabilities)
-        best_rows = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].tolist()
+        best_rows = top_indices(probabilities, k).tolist()
         predictions = []
         ids = self.remember(entry, arrays)
         for prediction_id, values, best in zip(ids, rows, best_rows, strict=True):

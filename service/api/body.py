@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -27,7 +27,8 @@ _FIELDS = ("model", "version", "top_k")
 # python-multipart logs a warning for each malformed body before raising; the client gets its
 # 400 and the log would get one line per bad request (a cheap flood): errors only.
 logging.getLogger("python_multipart").setLevel(logging.ERROR)
-_JSON_OFFLOAD_BYTES = 256 * 1024  # parse bigger JSON bodies off the event loop
+_OFFLOAD_BYTES = 256 * 1024  # parse bigger bodies off the event loop
+T = TypeVar("T")
 _MAX_OTHER_PARTS = 16  # form parts allowed besides the images: the fields, and some slack
 
 
@@ -176,13 +177,18 @@ class _Form:
         self.ended = True
 
 
+async def parse_body(size: int, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`parse(*args, **kwargs)` for a body of `size` bytes: on the event loop when small, in the
+    thread pool above `_OFFLOAD_BYTES` (JSON of 20 MiB takes the loop for a second or more)."""
+    if size > _OFFLOAD_BYTES:
+        return await run_in_threadpool(parse, *args, **kwargs)
+    return parse(*args, **kwargs)
+
+
 async def _read_json(request: Request, max_images: int) -> ImagesBody:
     data = await request.body()
     try:
-        if len(data) > _JSON_OFFLOAD_BYTES:
-            payload = await run_in_threadpool(json.loads, data)
-        else:
-            payload = json.loads(data)
+        payload = await parse_body(len(data), json.loads, data)
     except (ValueError, RecursionError) as error:
         detail = f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
         raise InvalidInput(f"body is not valid JSON{detail}") from None

@@ -11,13 +11,10 @@ them. With a key set the schema declares an `X-API-Key` apiKey scheme, so Swagge
 
 from __future__ import annotations
 
-import hashlib
-from functools import cache
-from importlib.resources import files
-
 from fastapi import APIRouter, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 
+from service.api.page import packaged_file
 from service.errors import NotFound
 
 router = APIRouter(include_in_schema=False)
@@ -32,12 +29,6 @@ _ASSET_TYPES = {
 }
 DOCS_PATHS = frozenset({"/docs", "/redoc", OPENAPI_URL, *(f"{ASSETS}/{name}" for name in _ASSET_TYPES)})
 SECURITY_SCHEME = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
-
-
-@cache
-def _asset(name: str) -> tuple[bytes, str]:
-    content = files("fastapi_offline").joinpath("static", name).read_bytes()
-    return content, '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
 
 
 @router.get("/docs")
@@ -68,11 +59,8 @@ async def asset(name: str, request: Request) -> Response:
     media_type = _ASSET_TYPES.get(name)
     if media_type is None:
         raise NotFound(f"no docs asset {name[:100]!r}")
-    content, etag = _asset(name)
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    return Response(content, media_type=media_type, headers=headers)
+    headers = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
+    return packaged_file(request, "fastapi_offline", name, media_type, headers)
 
 
 def add_api_key_scheme(schema: dict) -> dict:

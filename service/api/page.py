@@ -37,14 +37,15 @@ _HEADERS = {
 
 
 @cache
-def _static_file(name: str) -> tuple[bytes, str]:
-    content = files("service").joinpath("static", name).read_bytes()
+def _packaged(package: str, name: str) -> tuple[bytes, str]:
+    content = files(package).joinpath("static", name).read_bytes()
     return content, '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
 
 
-def _file_response(request: Request, name: str, media_type: str) -> Response:
-    content, etag = _static_file(name)
-    headers = {**_HEADERS, "ETag": etag}
+def packaged_file(request: Request, package: str, name: str, media_type: str, headers: dict[str, str]) -> Response:
+    """`<package>/static/<name>` (read once), with an ETag; 304 when the client has it already."""
+    content, etag = _packaged(package, name)
+    headers = {**headers, "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     return Response(content, media_type=media_type, headers=headers)
@@ -53,7 +54,7 @@ def _file_response(request: Request, name: str, media_type: str) -> Response:
 @router.get("/", include_in_schema=False)
 async def index(request: Request) -> Response:
     """The model explorer: predict, probability bars, activation grids, kernels, Grad-CAM."""
-    return _file_response(request, "index.html", "text/html; charset=utf-8")
+    return packaged_file(request, "service", "index.html", "text/html; charset=utf-8", _HEADERS)
 
 
 @router.get("/static/{name}", include_in_schema=False)
@@ -62,4 +63,4 @@ async def static_file(name: str, request: Request) -> Response:
     media_type = _STATIC_TYPES.get(name)
     if media_type is None:
         raise NotFound(f"no static file {name[:100]!r}")
-    return _file_response(request, name, media_type)
+    return packaged_file(request, "service", name, media_type, _HEADERS)

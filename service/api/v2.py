@@ -20,13 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from modelcard import parse_version
 from service import oip
+from service.api.body import parse_body
 from service.errors import ResponseTooLarge, VersionNotFound
 from service.registry import ModelVersion
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 SERVER_NAME = "keras-serve"
-_OFFLOAD_BYTES = 256 * 1024  # parse bigger bodies off the event loop
 
 
 class ProtocolError(BaseModel):
@@ -184,10 +184,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         _outputs(entry),
     )
     options = {"num_classes": entry.card.num_classes, "max_images": state.settings.max_images_per_request}
-    if len(body) > _OFFLOAD_BYTES:
-        parsed = await run_in_threadpool(oip.parse_request, *arguments, **options)
-    else:
-        parsed = oip.parse_request(*arguments, **options)
+    parsed = await parse_body(len(body), oip.parse_request, *arguments, **options)
 
     if parsed.images is not None:
         arrays = await state.predictor.prepare(parsed.images, entry.card.input)
