@@ -129,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             if not card_file.is_file():
                 raise DatasetError(f"{args.model}: expected a model version folder with model.json, found none")
             card = ModelCard.model_validate_json(card_file.read_text())
+            _require_data(task, args.data)
             evaluate(args.model, task.load(args.data, card.input), split=args.split, fraction=args.val_fraction)
             return 0
 
         arch = get_architecture(args.task, args.arch)
         if args.command == "check-split":
+            _require_data(task, args.data)
             return _check_split(task, arch, args)
         data_path = args.data
         if args.download:
@@ -141,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
             data_path = fetch(task, args.data, url=args.url, sha256=args.sha256)
             print(f"downloaded and unpacked into {data_path}")
-        elif not data_path.exists():
-            raise DatasetError(
-                f"{data_path}: no dataset there. Expected {task.layout_hint}"
-                + ("; or pass --download to fetch it" if task.source else "")
-            )
+        else:
+            _require_data(task, data_path, download_hint=True)
         from training.fit import Options, train
 
         if args.split:
@@ -170,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _require_data(task, path: Path, download_hint: bool = False) -> None:
+    from training.datasets import DatasetError
+
+    if not path.exists():
+        raise DatasetError(
+            f"{path}: no dataset there. Expected {task.layout_hint}"
+            + ("; or pass --download to fetch it" if download_hint and task.source else "")
+        )
 
 
 def _check_split(task, arch, args) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -74,12 +76,14 @@ _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (the original MNIST format), gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    """Read one IDX file (the original MNIST format), gzipped or not (by its content: a browser
+    may have unpacked a `.gz` download and kept the name)."""
     try:
-        with opener(path, "rb") as handle:
+        with path.open("rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as handle:
             data = handle.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: expected an IDX file, could not read it ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DatasetError(
@@ -132,13 +136,23 @@ def _read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
             if missing:
                 raise DatasetError(f"{path}: expected arrays {list(keys)}, found {archive.files}")
             return {k: archive[k] for k in keys}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{path}: expected a numpy .npz archive, could not read it ({exc})") from None
+
+
+def _archive_files(path: Path) -> set[str]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return set(archive.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DatasetError(f"{path}: expected a numpy .npz archive, could not read it ({exc})") from None
 
 
 def load_mnist(path: Path, spec: InputSpec | None = None) -> Dataset:
     """MNIST as keras' `mnist.npz`, split files `mnist_train.npz`/`mnist_test.npz`, or IDX files."""
     path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
     folder = path if path.is_dir() else path.parent
     classes = [str(d) for d in range(10)]
     if path.is_file() and path.suffix == ".npz":
@@ -148,8 +162,7 @@ def load_mnist(path: Path, spec: InputSpec | None = None) -> Dataset:
     for candidate in npz_candidates:
         if not candidate.is_file():
             continue
-        with np.load(candidate, allow_pickle=False) as archive:
-            files = set(archive.files)
+        files = _archive_files(candidate)
         if {"x_train", "y_train"} <= files:
             arrays = _read_npz(candidate, ["x_train", "y_train"])
             train = _mnist_split(arrays["x_train"], arrays["y_train"], str(candidate))

@@ -33,8 +33,11 @@ def sample_images(paths: Sequence[Path], card: ModelCard) -> np.ndarray:
         raise ValueError(f"no images found in {', '.join(map(str, paths))}")
     arrays = []
     for file in files:
-        with Image.open(file) as image:
-            arrays.append(image_to_array(image, card.input))
+        try:
+            with Image.open(file) as image:
+                arrays.append(image_to_array(image, card.input))
+        except (OSError, ValueError, SyntaxError) as error:  # missing, unreadable, not an image
+            raise ValueError(f"{file}: not a readable image ({type(error).__name__}: {error})") from None
     return np.stack(arrays)
 
 

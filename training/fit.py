@@ -128,6 +128,12 @@ def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str = "str
         train_idx, val_idx = stratified_split(dataset.train.y, fraction, seed)
     else:
         raise ValueError(f"unknown split {kind!r}: expected 'stratified', 'recording' or 'frames'")
+    if not len(train_idx) or not len(val_idx):
+        needs = ": it needs recordings of several frames, named as Fruits-360's" if kind != "stratified" else ""
+        raise ValueError(
+            f"the {kind} split of {len(dataset.train)} images left {len(train_idx)} for training and "
+            f"{len(val_idx)} for validation{needs}"
+        )
     return dataset.train.take(train_idx), dataset.train.take(val_idx)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import urllib.parse
 import zipfile
 from pathlib import Path
@@ -19,6 +20,8 @@ from modelcard.exporting import FORMATS
 from modelcard.parity import NOISE_IMAGES, gate_inputs, reference_outputs
 from training.__main__ import main
 from training.fit import load_version
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models"
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +113,36 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     assert code == 2
     assert err.startswith("error: ") and "nowhere" in err and "Training/<class>" in err
     assert "Traceback" not in err
+
+
+def test_every_command_refuses_a_data_path_that_does_not_exist(tmp_path, mnist_npz, capsys):
+    model = tmp_path / "models" / "digits" / "1"
+    model.mkdir(parents=True)
+    (model / "model.json").write_text((SHIPPED / "digits" / "1" / "model.json").read_text())
+    wrong = str(mnist_npz / "no-such-folder")  # beside a real mnist.npz, which must not be used instead
+    for args in (["evaluate", "digits", "--model", str(model)], ["check-split", "digits"]):
+        assert main([*args, "--data", wrong]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "no-such-folder" in err and "Traceback" not in err
+
+
+def test_a_split_that_leaves_no_validation_image_stops_before_training(tmp_path, catsdogs_folders, capsys):
+    # cats and dogs are not named as Fruits-360 frames: the frames split holds nothing out
+    out = tmp_path / "m"
+    assert main(["train", "catsdogs", "--data", str(catsdogs_folders), "--split", "frames", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "frames split" in err and "0 for validation" in err and not out.exists()
+
+
+def test_export_with_a_sample_that_is_not_an_image_is_one_clear_line(tmp_path, capsys):
+    version = shutil.copytree(SHIPPED / "digits" / "1", tmp_path / "digits" / "1")
+    before = {f.name: f.read_bytes() for f in version.iterdir()}
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    assert main(["export", str(version), "--samples", str(not_image), "--reference-only"]) == 2
+    err = capsys.readouterr().err
+    assert "notes.png: not a readable image" in err and "Traceback" not in err
+    assert {f.name: f.read_bytes() for f in version.iterdir()} == before  # nothing changed, nothing left over
 
 
 def test_malformed_dataset_is_one_clear_line(tmp_path, capsys):

@@ -71,6 +71,36 @@ def test_idx_truncated(tmp_path: Path):
         read_idx(path)
 
 
+def test_idx_named_gz_but_already_unpacked_is_read(tmp_path: Path):
+    # a browser may unpack a .gz download and keep its name
+    path = write_idx(tmp_path / "x-idx3-ubyte", np.full((3, 28, 28), 7, np.uint8), gz=False)
+    unpacked = path.rename(tmp_path / "x-idx3-ubyte.gz")
+    assert read_idx(unpacked).shape == (3, 28, 28) and read_idx(unpacked).max() == 7
+
+
+def test_idx_with_corrupt_compressed_data_is_a_dataset_error(tmp_path: Path):
+    path = write_idx(tmp_path / "x-idx3-ubyte.gz", np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28), gz=True)
+    data = bytearray(path.read_bytes())
+    data[12:40] = bytes(range(28))  # the deflate stream, not the header or its CRC
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="x-idx3-ubyte.gz"):
+        read_idx(path)
+
+
+def test_a_truncated_npz_is_a_dataset_error(tmp_path: Path, mnist_npz: Path):
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    (folder / "mnist_train.npz").write_bytes((mnist_npz / "mnist.npz").read_bytes()[:-200])
+    with pytest.raises(DatasetError, match=r"mnist_train.npz: expected a numpy .npz archive"):
+        load_mnist(folder, GREY28)
+
+
+def test_mnist_from_a_path_that_does_not_exist(tmp_path: Path, mnist_npz: Path):
+    # not the folder around it: that silently evaluated on the parent's mnist.npz
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        load_mnist(mnist_npz / "no-such-folder", GREY28)
+
+
 def test_mnist_empty_folder(tmp_path: Path):
     with pytest.raises(DatasetError, match=r"expected MNIST.*found an empty folder"):
         load_mnist(tmp_path, GREY28)
