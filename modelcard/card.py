@@ -84,9 +84,10 @@ class TrainingRun(BaseModel):
     batch_size: int
     seed: int
     val_fraction: float
-    split: Literal["stratified", "recording", "frames"] = Field(
+    split: Literal["grouped", "stratified", "recording", "frames"] = Field(
         "stratified",
-        description="how validation was carved: per class at random, by whole recordings, or by frame ranges",
+        description="how validation was carved: per class at random with copies of an image on one side (grouped) "
+        "or without looking for copies (stratified), by whole recordings, or by frame ranges",
     )
     optimizer: str
     learning_rate: float

@@ -351,10 +351,14 @@ def load_catsdogs(path: Path, spec: InputSpec) -> Dataset:
 Loader = Callable[[Path, InputSpec], Dataset]
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, validation): `fraction` of every class, shuffled with `seed`.
 
-    Every class with at least two images keeps at least one in each part.
+    Every class with at least two images keeps at least one in each part. With `groups` (an id
+    per image, `duplicate_groups`), the images of a group go to one part together: the first
+    of them drawn decides. Without duplicates that is the same split as without `groups`.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
@@ -365,9 +369,55 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         n_val = int(round(len(idx) * fraction))
         if len(idx) >= 2:
             n_val = min(max(n_val, 1), len(idx) - 1)
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:])
+        if groups is None:
+            val_idx.append(idx[:n_val])
+            train_idx.append(idx[n_val:])
+            continue
+        members: dict[int, list[int]] = {}
+        for i in idx:
+            members.setdefault(int(groups[i]), []).append(int(i))
+        val: list[int] = []
+        train: list[int] = []
+        order = list(members)  # groups in the order their first image was drawn
+        for k, group in enumerate(order):
+            keep_one_for_training = k == len(order) - 1 and not train
+            (val if len(val) < n_val and not keep_one_for_training else train).extend(members[group])
+        val_idx.append(np.asarray(val, dtype=np.int64))
+        train_idx.append(np.asarray(train, dtype=np.int64))
     return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))
+
+
+# Photos at least this large on each side whose difference hashes are equal are taken for the
+# same picture (a re-encoded or resized copy); smaller images, like MNIST's 28x28 digits, share
+# hashes without being copies (thousands of different "1"s hash alike), so only identical pixels count.
+NEAR_DUPLICATE_MIN_SIDE = 64
+
+
+def duplicate_groups(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A group id per image: images of one class with identical pixels share one, and so do
+    photos of `NEAR_DUPLICATE_MIN_SIDE` pixels or more whose dHash is equal (`duplicates.dhash`).
+    Otherwise every image is its own group."""
+    from training.duplicates import dhash
+
+    parent = list(range(len(images)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    keys: list[list[tuple]] = [
+        [(int(label), "pixels", image.tobytes())] for image, label in zip(images, labels, strict=True)
+    ]
+    if len(images) and min(images.shape[1:3]) >= NEAR_DUPLICATE_MIN_SIDE:
+        for image_keys, label, value in zip(keys, labels, dhash(images), strict=True):
+            image_keys.append((int(label), "dhash", int(value)))
+    first: dict[tuple, int] = {}
+    for i, image_keys in enumerate(keys):
+        for key in image_keys:
+            parent[root(i)] = root(first.setdefault(key, i))
+    return np.asarray([root(i) for i in range(len(images))], dtype=np.int64)
 
 
 # Fruits-360 names each frame of a recording `<frame>_100.jpg`; further recordings of the same

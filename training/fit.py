@@ -29,7 +29,16 @@ from modelcard import (
     image_to_array,
 )
 from training.architectures import Architecture, augmentation_layers
-from training.datasets import FRAME_GAP, Dataset, Split, frame_range_split, recording_split, stratified_split
+from training.datasets import (
+    FRAME_GAP,
+    NEAR_DUPLICATE_MIN_SIDE,
+    Dataset,
+    Split,
+    duplicate_groups,
+    frame_range_split,
+    recording_split,
+    stratified_split,
+)
 from training.store import write_version
 from training.tasks import Task
 
@@ -113,9 +122,11 @@ WRONG_EXAMPLES = 20
 
 
 def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str = "stratified") -> tuple[Split, Split]:
-    """Carve (train, validation) from the training data: `stratified` per class at random,
-    `recording` so that no recording has frames on both sides, or `frames`: a contiguous range
-    of each recording's frames, with the frames next to it in neither part (needs file names)."""
+    """Carve (train, validation) from the training data: `grouped` per class at random with the
+    copies of an image on one side, `stratified` the same without looking for copies (the split of
+    the versions trained before `grouped`), `recording` so that no recording has frames on both
+    sides, or `frames`: a contiguous range of each recording's frames, with the frames next to it
+    in neither part (needs file names)."""
     if kind in ("recording", "frames"):
         if dataset.train.files is None:
             raise ValueError(f"{dataset.path}: a split by {kind} needs the images' file names")
@@ -126,10 +137,14 @@ def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str = "str
             train_idx, val_idx, _ = frame_range_split(dataset.train.y, files, fraction, seed)
     elif kind == "stratified":
         train_idx, val_idx = stratified_split(dataset.train.y, fraction, seed)
+    elif kind == "grouped":
+        groups = duplicate_groups(dataset.train.x, dataset.train.y)
+        train_idx, val_idx = stratified_split(dataset.train.y, fraction, seed, groups)
     else:
-        raise ValueError(f"unknown split {kind!r}: expected 'stratified', 'recording' or 'frames'")
+        raise ValueError(f"unknown split {kind!r}: expected 'grouped', 'stratified', 'recording' or 'frames'")
     if not len(train_idx) or not len(val_idx):
-        needs = ": it needs recordings of several frames, named as Fruits-360's" if kind != "stratified" else ""
+        by_frames = kind in ("recording", "frames")
+        needs = ": it needs recordings of several frames, named as Fruits-360's" if by_frames else ""
         raise ValueError(
             f"the {kind} split of {len(dataset.train)} images left {len(train_idx)} for training and "
             f"{len(val_idx)} for validation{needs}"
@@ -147,6 +162,11 @@ def describe_split(kind: str, fraction: float, seed: int) -> str:
         return (
             f"a contiguous {fraction:.0%} of each recording's frames held out (start picked with seed {seed}); "
             f"the frames within {FRAME_GAP} frame numbers of that range are in neither part"
+        )
+    if kind == "grouped":
+        return (
+            f"stratified {fraction:.0%} of the training data, shuffled with seed {seed}; copies of an image "
+            f"(identical pixels, or for photos of {NEAR_DUPLICATE_MIN_SIDE}px or more an identical dHash) on one side"
         )
     return f"stratified {fraction:.0%} of the training data, shuffled with seed {seed}"
 

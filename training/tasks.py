@@ -28,7 +28,8 @@ class Task:
     source: Source | None
     fill_mode: str = "reflect"  # how augmentation fills pixels it moves in
     fill_value: float = 0.0
-    split: str = "stratified"  # how validation is carved: "stratified", "recording" or "frames" (fit.split_dataset)
+    # how validation is carved: "grouped", "stratified", "recording" or "frames" (fit.split_dataset)
+    split: str = "grouped"
     # Figures measured on every trained model beyond validation: name -> f(model, input spec).
     extra_evaluations: dict[str, Callable] = field(default_factory=dict)
 

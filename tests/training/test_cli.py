@@ -248,7 +248,13 @@ def test_check_split_finds_a_copy_across_the_split(tmp_path, capsys):
     # a resized, re-encoded copy of every cat: whichever side each lands on, some pair spans the split
     for file in sorted(cats.iterdir()):
         Image.open(file).resize((100, 75)).save(cats / f"cat.{50 + int(file.stem.split('.')[1])}.jpg", quality=70)
-    assert main(["check-split", "catsdogs", "--data", str(root)]) == 1
+    assert main(["check-split", "catsdogs", "--data", str(root), "--split", "stratified"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert all(line.split("bits")[1].count("cats/cat.") == 2 for line in out[:-1]) and len(out) > 1
     assert out[-1].startswith(f"{len(out) - 1} near-duplicate pair(s)")
+    # the task's own split keeps a copy whose hash is the original's on its side: what still spans
+    # it differs by a bit or more (resized copies the split cannot tell from other photos)
+    main(["check-split", "catsdogs", "--data", str(root)])
+    grouped = capsys.readouterr().out.splitlines()
+    assert all(int(line.split("bits")[0]) > 0 for line in grouped[:-1])
+    assert any(int(line.split("bits")[0]) == 0 for line in out[:-1]), "the stratified split put a 0-bit copy across"

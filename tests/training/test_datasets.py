@@ -10,6 +10,7 @@ import pytest
 from training.architectures import GREY28, RGB32, RGB64, RGB100
 from training.datasets import (
     DatasetError,
+    duplicate_groups,
     load_catsdogs,
     load_fruits,
     load_mnist,
@@ -193,3 +194,43 @@ def test_stratified_split_is_shuffled_and_covers_every_class():
     assert list(val) == list(again_val) and list(train) == list(again_train)
     other_train, other_val = stratified_split(labels, 0.2, seed=8)
     assert set(other_val) != set(val)
+
+
+def test_the_copies_of_an_image_land_on_one_side_of_a_grouped_split():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (120, 28, 28, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(6), 20)
+    # no copies: exactly the stratified split
+    plain = stratified_split(labels, 0.2, 7)
+    grouped = stratified_split(labels, 0.2, 7, duplicate_groups(images, labels))
+    assert all(list(a) == list(b) for a, b in zip(plain, grouped, strict=True))
+    # copies, as the SIGNS file has (43 pairs): in every class, 5 images repeated once each
+    for k in range(5):
+        images[[c * 20 + 10 + k for c in range(6)]] = images[[c * 20 + k for c in range(6)]]
+    groups = duplicate_groups(images, labels)
+    assert len(set(groups.tolist())) == 90
+    train, val = stratified_split(labels, 0.2, 7, groups)
+    assert sorted(np.concatenate([train, val])) == list(range(120))
+    assert not set(groups[train].tolist()) & set(groups[val].tolist())
+    assert all(3 <= n <= 5 for n in np.bincount(labels[val]))  # about a fifth of each class still
+    # a class whose images are all one picture is trained on, not validated on
+    labels[:20] = 0
+    images[:20] = images[0]
+    train, val = stratified_split(labels, 0.2, 7, duplicate_groups(images, labels))
+    assert 0 not in set(labels[val].tolist()) and set(range(20)) <= set(train.tolist())
+
+
+def test_photos_alike_by_their_hash_are_grouped_small_digits_only_when_identical():
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    brighter = np.clip(photo.astype(np.int16) + 3, 0, 255).astype(np.uint8)  # another encoding of it
+    other = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    groups = duplicate_groups(np.stack([photo, brighter, other]), np.zeros(3, np.int64))
+    assert groups[0] == groups[1] != groups[2]
+    # the same two in different classes are not copies of one another for the split
+    assert len(set(duplicate_groups(np.stack([photo, brighter]), np.array([0, 1])).tolist())) == 2
+    # 28x28: thousands of different MNIST digits share a hash; only identical pixels count
+    digit = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
+    nudged = digit.copy()
+    nudged[0, 0] ^= 1
+    assert len(set(duplicate_groups(np.stack([digit, nudged, digit]), np.zeros(3, np.int64)).tolist())) == 2

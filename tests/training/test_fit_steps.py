@@ -114,7 +114,7 @@ def test_extra_evaluations_come_from_the_task():
     assert extra_evaluations(task, "model", SPEC, log=lambda *_: None) == {"double": 0.5}
     assert calls == [("model", SPEC)]
     assert set(TASKS["digits"].extra_evaluations) == {"rendered_digits_accuracy"}
-    assert TASKS["fruits"].split == "frames" and TASKS["catsdogs"].split == "stratified"
+    assert TASKS["fruits"].split == "frames" and TASKS["catsdogs"].split == TASKS["signs"].split == "grouped"
 
 
 def test_build_card_records_the_split_and_the_recipe():
