@@ -330,6 +330,8 @@ def train(
     ONNX/OpenVINO exports unless `export` is False)."""
     make_deterministic(options.seed)
     train_split, val_split = split_dataset(dataset, options.val_fraction, options.seed, task.split)
+    # before the hours of training: the card will say the two were validated alike
+    reference_result = _reference_result(reference, task, options, val_split, dataset) if reference else None
     log(
         f"{task.name}/{arch.name}: {len(train_split)} training, {len(val_split)} validation images "
         f"({task.split} split), {len(dataset.class_names)} classes, input {arch.input.shape}"
@@ -340,7 +342,6 @@ def train(
         predict_probabilities(model, val_split.x), val_split.y, dataset.class_names, val_split.files
     )
     log(f"validation accuracy {validation.accuracy:.4f} after {wall:.0f} s")
-    reference_result = _reference_result(reference) if reference else None
     card = build_card(
         task, arch, dataset, (train_split, val_split), options, model, validation, wall, command, reference_result
     )
@@ -364,10 +365,13 @@ def selection_note(arch: str, description: str, accuracy: float, reference: Refe
     if reference is None:
         return note + "."
     gain = accuracy - reference.validation_accuracy
+    which = "the reference post's architecture" if reference.architecture == "seed" else "the architecture"
+    recipe = "its post's recipe" if reference.architecture == "seed" else "its recipe"
+    verdict = "Better on validation" if gain > 0 else "Not better on validation"
     return (
-        f"{note}, against {reference.validation_accuracy:.2%} for the reference post's architecture "
-        f"({reference.architecture!r}, {reference.parameters:,} parameters) trained on the same split with its "
-        f"post's recipe for {reference.epochs} epochs: {gain:+.2%}. Shipped because it measures best on validation."
+        f"{note}, against {reference.validation_accuracy:.2%} for {which} "
+        f"({reference.architecture!r}, {reference.parameters:,} parameters) trained on the same split with {recipe} "
+        f"for {reference.epochs} epochs: {gain:+.2%}. {verdict} than the reference."
     )
 
 
@@ -380,8 +384,39 @@ def _without_training_state(model: keras.Model) -> keras.Model:
     return copy
 
 
-def _reference_result(folder: Path) -> ReferenceResult:
-    card = ModelCard.model_validate_json((Path(folder) / CARD_FILE).read_text())
+def _reference_result(
+    folder: Path, task: Task, options: Options, val_split: Split, dataset: Dataset
+) -> ReferenceResult:
+    """The reference version's figures, after checking it was validated on this run's split.
+
+    Raises:
+        ValueError: another task, split, seed or fraction, or other validation images per class.
+    """
+    card_file = Path(folder) / CARD_FILE
+    if not card_file.is_file():
+        raise ValueError(f"--reference {folder}: expected a version folder with {CARD_FILE}")
+    card = ModelCard.model_validate_json(card_file.read_text())
+    counts = {
+        name: int(n)
+        for name, n in zip(
+            dataset.class_names, np.bincount(val_split.y, minlength=len(dataset.class_names)), strict=True
+        )
+    }
+    ours = (task.name, task.split, options.seed, options.val_fraction, counts)
+    theirs = (
+        card.task,
+        card.training.split,
+        card.training.seed,
+        card.training.val_fraction,
+        card.data.validation_counts,
+    )
+    if ours != theirs:
+        names = ("task", "split", "seed", "validation fraction", "validation images per class")
+        differ = [f"{n} {t!r} here, {o!r} there" for n, t, o in zip(names, ours, theirs, strict=True) if t != o][:2]
+        raise ValueError(
+            f"--reference {folder} was not validated on this run's split ({'; '.join(differ)}): "
+            "a card must not compare figures from different validation sets"
+        )
     return ReferenceResult(
         architecture=card.architecture,
         parameters=card.parameters.total,

@@ -99,6 +99,15 @@ def test_a_second_run_is_a_new_version_keeps_the_first_and_same_seed_gives_same_
     assert file_sha256(first / "model.keras") == sha_before
     assert card.reference is not None and card.reference.architecture == "seed"
     assert card.reference.parameters == 170_438
+    gain = card.validation.accuracy - card.reference.validation_accuracy
+    assert "reference post's architecture" in card.notes
+    assert ("Better on validation" if gain > 0 else "Not better on validation") in card.notes
+    # a reference validated on other images is refused, before any training
+    for other in (["--seed", "7"], ["--val-fraction", "0.4"], ["--split", "stratified"]):
+        out = tmp_path / "models"
+        args = ["train", "signs", "--data", str(signs_h5), "--epochs", "1", "--out", str(out), "--no-export"]
+        assert main([*args, "--reference", str(first), *other]) == 2
+    assert list_versions(tmp_path / "models", "signs") == [1, 2]
     assert not [p for p in (tmp_path / "models" / "signs").iterdir() if p.name.startswith(".tmp")]
     # the same seed, data and architecture: the same weights
     wa = keras.saving.load_model(first / "model.keras").get_weights()

@@ -142,9 +142,9 @@ def test_signs_h5(signs_h5: Path):
     assert data.train.x.shape == (30, 64, 64, 3) and data.train.x.dtype == np.uint8
     assert data.class_names == [str(i) for i in range(6)]
     assert data.test is not None and len(data.test) == 12
-    # class k has 10*(k+1) bright columns
+    # class k has 10*(k+1) bright columns (on faint noise)
     for image, label in zip(data.train.x, data.train.y, strict=True):
-        assert (image[0, :, 0] == 200).sum() == 10 * (label + 1)
+        assert (image[0, :, 0] >= 160).sum() == 10 * (label + 1)
 
 
 def test_signs_h5_without_the_keys(tmp_path: Path):
