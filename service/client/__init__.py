@@ -19,6 +19,7 @@ from service.client.api import AsyncClient, Client, RetryPolicy
 from service.client.errors import (
     BadRequest,
     Forbidden,
+    GatewayError,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -39,6 +40,7 @@ __all__ = [
     "ClassScore",
     "Client",
     "Forbidden",
+    "GatewayError",
     "Health",
     "ImageInput",
     "InvalidInput",

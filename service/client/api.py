@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import numpy as np
@@ -29,7 +29,7 @@ from service.client.payloads import Body, ImageInput, as_list, build_body
 from service.client.results import Health, ModelInfo, PredictResult
 
 DEFAULT_TIMEOUT = 30.0
-RETRY_STATUSES = frozenset({429, 503})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Connection failures and timeouts: worth another try (a prediction changes nothing on the server).
 RETRY_EXCEPTIONS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 MAX_RETRY_AFTER = 300.0
@@ -131,7 +131,15 @@ class _Attempts(Generic[T]):
             error.__cause__ = reply
             return self._again(error)
         if reply.is_success or reply.status_code in self.call.accept:
-            return _Done(self.call.parse(reply))
+            try:
+                return _Done(self.call.parse(reply))
+            except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not the service's (a portal, a proxy)
+                body = reply.text[:200].strip() if reply.content else "(empty)"
+                raise ServiceError(
+                    f"the answer to {self.request.path} is not the service's ({type(exc).__name__}): {body}",
+                    code="invalid_response",
+                    status_code=reply.status_code,
+                ) from exc
         error = error_from_response(reply)
         if reply.status_code not in RETRY_STATUSES:
             raise error
@@ -143,6 +151,18 @@ class _Attempts(Generic[T]):
         wait = self.policy.delay(self.attempt, error.retry_after)
         self.attempt += 1
         return _Wait(wait)
+
+
+def service_url(url: str) -> str:
+    """`url` without a trailing slash, checked: an http(s) URL with a host.
+
+    Raises:
+        ValueError: anything else (`localhost:8000` would be read as the scheme "localhost").
+    """
+    parts = urlsplit(url.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"the service URL must look like http://host:port, not {url!r}")
+    return url.rstrip("/")
 
 
 def _segment(value: str) -> str:
@@ -265,7 +285,7 @@ class _Shell(Generic[HttpT, TransportT]):
             headers["X-API-Key"] = api_key
         if not isinstance(timeout, httpx.Timeout):
             timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        base_url = base_url.rstrip("/")
+        base_url = service_url(base_url)
         options: dict[str, Any] = {
             "base_url": base_url,
             "headers": headers,

@@ -81,7 +81,12 @@ class Unavailable(ServiceError):
 
 
 class ServerError(ServiceError):
-    """Any other 5xx."""
+    """Any other 5xx from the service."""
+
+
+class GatewayError(ServiceError):
+    """502 or 504: a proxy in front of the service got no answer (in time) from it. About the
+    service, not the request's images: retried like a 503, then it ends a scoring run."""
 
 
 _BY_STATUS: dict[int, type[ServiceError]] = {
@@ -93,7 +98,9 @@ _BY_STATUS: dict[int, type[ServiceError]] = {
     415: UnsupportedMediaType,
     422: InvalidInput,
     429: TooManyRequests,
+    502: GatewayError,
     503: Unavailable,
+    504: GatewayError,
 }
 
 # Refusals that concern the images of a request (a batch may hold one bad image among good ones).

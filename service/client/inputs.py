@@ -47,12 +47,27 @@ class Inputs:
 
 
 def _walk(folder: str) -> Iterator[str]:
-    """Image files under `folder`, recursively, sorted, skipping hidden files and folders."""
+    """Image files under `folder`, recursively, sorted, skipping hidden files and folders.
+
+    Symbolic links are followed, each folder once (a link to a parent would loop); only regular
+    files count (a FIFO named like an image would block the run)."""
+    walked: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
+        try:
+            stat = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in walked:
+            dirs[:] = []  # reached again through a link: its images are listed already
+            continue
+        walked.add((stat.st_dev, stat.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                yield os.path.join(root, name)
+            path = os.path.join(root, name)
+            is_image = not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+            if is_image and os.path.isfile(path):
+                yield path
 
 
 def _read_list(list_file: str) -> Iterator[str]:

@@ -42,7 +42,7 @@ def format_for(path: str, explicit: str | None = None) -> str:
     suffix = os.path.splitext(path)[1].lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    if suffix in (".csv", ".tsv", ".txt", ""):
+    if suffix in (".csv", ".txt", ""):
         return "csv"
     raise ValueError(f"cannot tell the output format from {path!r}: use .csv or .jsonl, or pass --format")
 
@@ -112,18 +112,23 @@ def read_rows(path: str, fmt: str) -> list[Row]:
         image is scored again.
 
     Raises:
-        ValueError: a CSV whose header is not this tool's.
+        ValueError: a CSV whose header is not this tool's, or JSON lines none of which is a row
+            (resuming would replace the file with the rows kept: none).
     """
-    text = _complete_prefix(path).decode("utf-8", errors="replace")
+    # surrogateescape: a file name that is not UTF-8 (as Linux allows) comes back byte for byte
+    text = _complete_prefix(path).decode("utf-8", errors="surrogateescape")
     rows: list[Row] = []
     if fmt == "jsonl":
-        for line in text.splitlines():
+        lines = [line for line in text.split("\n") if line.strip()]  # not splitlines: U+2028 is no line end
+        for line in lines:
             try:
                 record = json.loads(line)
                 if isinstance(record, dict) and record.get("path"):
                     rows.append(_decode_jsonl(record))
             except (json.JSONDecodeError, TypeError, ValueError):
                 continue
+        if lines and not rows:
+            raise ValueError(f"{path} is not a scoring output ({len(lines)} line(s), none of them a scoring row)")
         return rows
     if not text:
         return rows
@@ -183,7 +188,7 @@ def open_output(path: str, fmt: str, resume: bool, drop_errors: bool = False) ->
     # Rewrite what is kept (atomically) rather than trust the old bytes: a partial or damaged
     # line must not end up glued to the next row appended.
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         if fmt == "csv":
             handle.write(_csv_line(list(FIELDS)))
         for start in range(0, len(kept), 10_000):
@@ -191,5 +196,5 @@ def open_output(path: str, fmt: str, resume: bool, drop_errors: bool = False) ->
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    handle = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (the writer owns and closes it)
+    handle = open(path, "a", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115 (the writer closes it)
     return RowWriter(handle, fmt), kept

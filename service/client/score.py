@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import io
 import os
 import sys
@@ -30,7 +31,7 @@ from typing import TextIO
 from PIL import Image
 from tqdm import tqdm
 
-from service.client.api import AsyncClient
+from service.client.api import AsyncClient, service_url
 from service.client.errors import IMAGE_ERRORS, ServerError, ServiceError
 from service.client.evaluation import evaluate, folder_labels
 from service.client.inputs import expand_inputs, path_key
@@ -90,6 +91,8 @@ def _read(paths: Sequence[str]) -> list[tuple[str, bytes | OSError]]:
     contents: list[tuple[str, bytes | OSError]] = []
     for path in paths:
         try:
+            if not os.path.isfile(path):  # a FIFO or a device would block the run, or never end
+                raise OSError(errno.EINVAL, "not a regular file")
             with open(path, "rb") as handle:
                 contents.append((path, handle.read()))
         except OSError as exc:
@@ -233,6 +236,10 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--retry-errors goes with --resume")
     if args.retries < 0:
         parser.error("--retries must be at least 0")
+    try:
+        service_url(args.url)
+    except ValueError as exc:
+        parser.error(f"--url: {exc}")
     try:
         args.format = format_for(args.out, args.format)
     except ValueError as exc:

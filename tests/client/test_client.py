@@ -17,6 +17,7 @@ from service.client import (
     AsyncClient,
     BadRequest,
     Client,
+    GatewayError,
     InvalidInput,
     NotFound,
     PredictResult,
@@ -24,7 +25,7 @@ from service.client import (
     Unauthorized,
     Unavailable,
 )
-from service.client.api import RetryPolicy, _Attempts, _Call, _Done, _Wait
+from service.client.api import RetryPolicy, ServiceError, _Attempts, _Call, _Done, _Wait
 from service.client.payloads import build_body
 from tests.client.conftest import BRIGHT, DARK, ROOT, png_bytes
 
@@ -264,3 +265,35 @@ def test_client_errors_are_not_retried_and_the_api_key_is_sent():
         client.models()
     assert seen == ["s3cret"]
     assert refused.value.code == "unauthorized" and refused.value.message == "missing or wrong X-API-Key"
+
+
+def test_a_proxy_without_its_service_is_retried_then_a_gateway_error_not_a_server_error():
+    # nginx in front of a service that died answers 502 (504 when it hangs): not the images' fault
+    for status in (502, 504):
+        script = Script(httpx.Response(status, text="<html>Bad Gateway</html>"))
+        transport = httpx.MockTransport(script)
+        with (
+            Client("http://service", transport=transport, retries=2, backoff=0.01) as client,
+            pytest.raises(GatewayError) as raised,
+        ):
+            client.predict("grey", png_bytes(DARK))
+        assert script.attempts == 3 and raised.value.status_code == status
+        recovered = Script(httpx.Response(status), httpx.Response(200, json=OK_BODY))
+        with Client("http://service", transport=httpx.MockTransport(recovered), backoff=0.01) as client:
+            assert client.predict("grey", png_bytes(DARK)).predictions
+
+
+def test_an_answer_that_is_not_the_services_is_an_error_not_a_traceback():
+    portal = Script(httpx.Response(200, text="<html>please log in</html>"))
+    with (
+        Client("http://service", transport=httpx.MockTransport(portal)) as client,
+        pytest.raises(ServiceError) as raised,
+    ):
+        client.models()
+    assert raised.value.code == "invalid_response" and "please log in" in raised.value.message
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "ftp://host", "http://", "service"])
+def test_a_url_without_http_is_refused_at_once(url):
+    with pytest.raises(ValueError, match="http://host:port"):
+        Client(url)

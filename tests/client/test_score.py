@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from service.client.evaluation import evaluate, folder_labels
 from service.client.inputs import expand_inputs
-from service.client.rows import Row, open_output, read_rows
-from service.client.score import main
+from service.client.rows import Row, format_for, open_output, read_rows
+from service.client.score import _read, main
 from tests.client.conftest import BRIGHT, DARK, ROOT, cli_env, png_bytes, run_cli, write_images
 
 
@@ -214,3 +216,45 @@ def test_folder_labels_need_every_folder_to_name_a_class():
     result = evaluate(rows, folder_labels([r.path for r in rows], ["cats", "dogs"]), ["cats", "dogs"])
     assert (result.correct, result.total, result.errors, result.matrix) == (1, 2, 1, [[1, 1], [0, 0]])
     assert "1 error row(s) not counted" in result.render()
+
+
+def test_links_back_up_the_tree_are_walked_once_and_fifos_skipped(tmp_path):
+    folder = tmp_path / "loop"
+    write_images(folder, [DARK])
+    (folder / "self").symlink_to(".")
+    (folder / "up").symlink_to("..")  # before: 41 rows for one image, then a listing that filled the RAM
+    os.mkfifo(folder / "pipe.png")  # opening it would block the run for good
+    found = expand_inputs([str(folder)])
+    assert [Path(p).name for p in found.paths] == ["img0000.png"] and not found.missing
+    # named on the command line, it is an error row at once, not a hang
+    (path, error), *_ = _read([str(folder / "pipe.png")])
+    assert isinstance(error, OSError) and "not a regular file" in str(error)
+
+
+def test_paths_that_are_not_utf8_or_hold_line_separators_survive_a_resume(tmp_path):
+    odd = [os.fsdecode(b"caf\xe9.png"), "a\u2028b.png", "c\u0085d.png"]  # Linux allows any bytes in a name
+    for name in ("out.csv", "out.jsonl"):
+        fmt = "csv" if name.endswith("csv") else "jsonl"
+        path = tmp_path / name
+        writer, _ = open_output(str(path), fmt, resume=False)
+        writer.write([Row(p, "dark", 0.9, [], "grey", 1, f"id{i}") for i, p in enumerate(odd)])
+        writer.close()
+        assert [row.path for row in read_rows(str(path), fmt)] == odd
+        writer, kept = open_output(str(path), fmt, resume=True)
+        writer.close()
+        assert [row.path for row in kept] == odd
+        assert b"caf\xe9.png" in path.read_bytes()  # the name's own bytes, as the file system has them
+
+
+def test_resume_refuses_a_file_that_holds_no_scoring_row_instead_of_emptying_it(tmp_path):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"id": 1, "note": "important"}\nnot json\n')
+    with pytest.raises(ValueError, match="not a scoring output"):
+        open_output(str(notes), "jsonl", resume=True)
+    assert notes.read_text() == '{"id": 1, "note": "important"}\nnot json\n'
+
+
+def test_an_output_format_the_writer_does_not_write_is_refused():
+    assert format_for("x.csv") == "csv" and format_for("x.jsonl") == "jsonl"
+    with pytest.raises(ValueError, match="cannot tell the output format"):
+        format_for("x.tsv")  # it was accepted, then written with commas
