@@ -2,8 +2,12 @@
 the parity gate's real inputs and the Keras model's outputs on the gate inputs to an existing version.
 
 Never touches model.keras (the card's sha256 of it stays); new files are written in a hidden
-folder inside the version, moved into place, and the card is replaced last, in one rename, so
-a service reading the version sees the old card or the new one with every file it names.
+folder inside the version, moved into place, and the card is replaced last, in one rename. The
+files keep their names, so a service that reads the version between the moves and the card's
+rename (milliseconds) may meet the old card beside a new file: the sha256 check refuses that
+runtime (or the stored outputs) for the version and the compiled TensorFlow call serves, as for
+any mismatch; a restart picks the new files up. Export while no service loads the version to
+avoid even that.
 """
 
 from __future__ import annotations
