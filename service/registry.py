@@ -10,8 +10,8 @@ default or the new one, never a half-loaded model. A request keeps the `ModelVer
 resolved, so it finishes on that version even if a newer one becomes the default meanwhile.
 A version that fails is reported with a reason, and the versions already loaded keep serving.
 Each model's newest version is loaded first; the service counts as ready (`all_ready`) once
-every model has a version serving, and warms each version's activation probe right after it
-turns ready.
+those are and none failed, and stays so through later reloads while its models have a version
+serving; it warms each version's activation probe right after it turns ready.
 
 A version whose Keras outputs on the parity gate's inputs are known (stored with the version
 by training, or cached with an earlier `auto` decision in `RUNTIME_CACHE_DIR`) turns ready
@@ -119,6 +119,7 @@ class ModelRegistry:
         self._loads: dict[tuple[str, int], asyncio.Task] = {}
         self._warming: set[asyncio.Future] = set()
         self._poller: asyncio.Task | None = None
+        self._ready_with: frozenset[str] | None = None  # the models of the first ready answer (all_ready)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -466,16 +467,31 @@ class ModelRegistry:
         return True
 
     def all_ready(self) -> bool:
-        """True when the store has models and each has a version serving predictions (its default,
-        whose Keras model may still be loading: `inspectable`).
+        """Whether this replica should take traffic.
 
-        At start that is each model's newest version, which loads first (older ones load after; a
-        request for one of them meanwhile is a 503 `model_not_ready`, like any loading version).
-        Later, a new version loading or failing beside one that serves changes nothing here: the
-        serving one keeps answering, so a hot reload never takes a replica out of its load
-        balancer (the body of `/health/ready` lists the failures, `/metrics` has `model_state`).
-        A model with no version serving, its first still loading or all failed, makes it False."""
-        return bool(self._models) and all(self.default(name) is not None for name in self._models)
+        Until it first is: when the store has models, each model's newest version serves
+        predictions (its Keras model may still be loading: `inspectable`; older versions load
+        after, and a request for one meanwhile is a 503 `model_not_ready`) and no version failed.
+        So a replica started on a store with a broken version never takes traffic, and a rolling
+        update with `maxUnavailable: 0` stops with the old replicas serving.
+
+        From then on: while each of the models it started with still has a version serving. A new
+        version loading or failing beside a serving one, or a new model not serving yet, changes
+        nothing: a hot reload, which every replica sees at once, never takes them all out of their
+        load balancer. The body of `/health/ready` lists what failed; `/metrics` has `model_state`.
+        """
+        if self._ready_with is None:
+            if not self._models:
+                return False
+            for versions in self._models.values():
+                if not versions or not versions[max(versions)].ready:
+                    return False
+                if any(v.state == FAILED for v in versions.values()):
+                    return False
+            self._ready_with = frozenset(self._models)
+            return True
+        started_with = [name for name in self._models if name in self._ready_with]
+        return bool(started_with) and all(self.default(name) is not None for name in started_with)
 
 
 class _LoadError(Exception):

@@ -20,10 +20,10 @@ async def live() -> Liveness:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready"}})
 async def ready(registry: RegistryDep) -> JSONResponse:
-    """200 when every model has a version serving predictions (at start its newest; older
-    versions, Keras models and activation warm-ups may still be loading: `background_work`), even
-    if a newer version is loading or failed beside it (listed here); 503 with each model's state
-    otherwise."""
+    """200 once each model's newest version serves predictions and no version failed (older
+    versions, Keras models and activation warm-ups may still be loading: `background_work`); from
+    then on while each of those models has a version serving, whatever loads or fails beside it
+    (listed here). 503 with each model's state otherwise."""
     statuses = {name: model_status(registry.versions(name)) for name in registry.names()}
     is_ready = registry.all_ready()
     reason = None if statuses else f"no models found in the model store {registry.root.name!r}"

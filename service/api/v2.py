@@ -91,7 +91,7 @@ async def server_live() -> JSONResponse:
     responses={503: {"model": ServerReady, "description": "Not ready"}, **_errors(unauthorized=_UNAUTHORIZED)},
 )
 async def server_ready(request: Request) -> JSONResponse:
-    """200 when every model has a version serving predictions, else 503 (as `/health/ready`)."""
+    """As `/health/ready`: 200 when the replica should take traffic, else 503."""
     ready = request.app.state.registry.all_ready()
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 

@@ -171,3 +171,15 @@ def test_a_load_failure_of_ours_is_logged_with_its_traceback_a_bad_store_in_one_
     assert "AttributeError: no_such_attribute" in failures["grey"].getMessage()
     assert failures["grey"].exc_info is not None and failures["grey"].exc_info[0] is AttributeError
     assert "sha256" in failures["colors"].getMessage() and not failures["colors"].exc_info
+
+
+def test_a_replica_started_on_a_store_with_a_broken_newest_version_takes_no_traffic(models, tmp_path):
+    # a rolling update to such a store then stops, with the old replicas serving
+    models.write(tmp_path, "grey", 1)
+    models.write(tmp_path, "grey", 2, sha="0" * 64)
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        registry = client.app.state.registry
+        wait_until(lambda: [v.state for v in registry.versions("grey")] == ["ready", "failed"], timeout=20)
+        assert client.get("/health/ready").status_code == 503
+        assert client.get("/v2/health/ready").status_code == 503
+        assert client.post("/models/grey/predict", files={"file": ("a.png", grey_image(0))}).json()["version"] == 1
