@@ -85,8 +85,9 @@ class ServerError(ServiceError):
 
 
 class GatewayError(ServiceError):
-    """502 or 504: a proxy in front of the service got no answer (in time) from it. About the
-    service, not the request's images: retried like a 503, then it ends a scoring run."""
+    """502 or 504: a proxy in front of the service got no answer (in time) from it: the service
+    is down, or the request took longer than the proxy waits. Retried like a 503; then a scoring
+    run halves the batch, and ends when one image still gets it."""
 
 
 _BY_STATUS: dict[int, type[ServiceError]] = {

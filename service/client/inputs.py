@@ -49,8 +49,9 @@ class Inputs:
 def _walk(folder: str) -> Iterator[str]:
     """Image files under `folder`, recursively, sorted, skipping hidden files and folders.
 
-    Symbolic links are followed, each folder once (a link to a parent would loop); only regular
-    files count (a FIFO named like an image would block the run)."""
+    Symbolic links are followed, each folder once (a link to a parent would loop), and a folder
+    is listed under its own path rather than a link's (its name may be a class). Entries that are
+    not regular files (a FIFO, a dangling link) are listed too: reading them makes error rows."""
     walked: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         try:
@@ -62,19 +63,19 @@ def _walk(folder: str) -> Iterator[str]:
             dirs[:] = []  # reached again through a link: its images are listed already
             continue
         walked.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        visible = sorted(d for d in dirs if not d.startswith("."))
+        links = [d for d in visible if os.path.islink(os.path.join(root, d))]
+        dirs[:] = [d for d in visible if d not in links] + links  # real folders first: walked under their names
         for name in sorted(files):
-            path = os.path.join(root, name)
-            is_image = not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-            if is_image and os.path.isfile(path):
-                yield path
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                yield os.path.join(root, name)
 
 
 def _read_list(list_file: str) -> Iterator[str]:
     """Entries of a path list; a relative entry is taken from the working directory if it exists
     there, else from the list's own folder."""
     base = os.path.dirname(list_file)
-    with open(list_file, encoding="utf-8") as handle:
+    with open(list_file, encoding="utf-8", errors="surrogateescape") as handle:  # names as the file system has them
         for line in handle:
             entry = line.strip()
             if not entry or entry.startswith("#"):

@@ -53,9 +53,20 @@ def _csv_line(values: list[Any]) -> str:
     return buffer.getvalue()
 
 
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _encode(row: Row, fmt: str) -> str:
     if fmt == "jsonl":
-        return json.dumps(asdict(row), ensure_ascii=False, separators=(",", ":")) + "\n"
+        # A name that is not UTF-8 (bytes escaped as surrogates) is written as \udcXX escapes, so the
+        # file stays UTF-8 for other tools and reads back byte for byte; a CSV holds its own bytes.
+        ascii_only = not row.path.isascii() and _not_utf8(row.path)
+        return json.dumps(asdict(row), ensure_ascii=ascii_only, separators=(",", ":")) + "\n"
     values = []
     for name in FIELDS:
         value = getattr(row, name)

@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from service.client.api import AsyncClient, service_url
-from service.client.errors import IMAGE_ERRORS, ServerError, ServiceError
+from service.client.errors import IMAGE_ERRORS, GatewayError, ServerError, ServiceError
 from service.client.evaluation import evaluate, folder_labels
 from service.client.inputs import expand_inputs, path_key
 from service.client.results import PredictResult
@@ -125,6 +125,11 @@ async def _score_files(client: AsyncClient, files: list[tuple[str, bytes]], opti
         for item in files:  # find the bad image(s): the others still get their prediction
             rows.extend(await _score_files(client, [item], options))
         return rows
+    except GatewayError as exc:  # after retries: the service is down, or this batch outlasts the proxy's timeout
+        if len(files) == 1:
+            raise Aborted(_describe(exc)) from exc
+        half = len(files) // 2
+        return await _score_files(client, files[:half], options) + await _score_files(client, files[half:], options)
     except ServiceError as exc:  # 401, 404 model, 503 after retries, connection lost: nothing to gain going on
         raise Aborted(_describe(exc)) from exc
     return _rows_for([path for path, _ in files], result)

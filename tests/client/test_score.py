@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
@@ -11,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from tqdm import tqdm
 
+from service.client.api import AsyncClient
 from service.client.evaluation import evaluate, folder_labels
 from service.client.inputs import expand_inputs
 from service.client.rows import Row, format_for, open_output, read_rows
-from service.client.score import _read, main
+from service.client.score import Aborted, ScoreOptions, _read, main, score_paths
 from tests.client.conftest import BRIGHT, DARK, ROOT, cli_env, png_bytes, run_cli, write_images
 
 
@@ -218,17 +222,24 @@ def test_folder_labels_need_every_folder_to_name_a_class():
     assert "1 error row(s) not counted" in result.render()
 
 
-def test_links_back_up_the_tree_are_walked_once_and_fifos_skipped(tmp_path):
+def test_links_are_walked_once_under_the_real_folders_name_and_odd_entries_become_error_rows(tmp_path):
     folder = tmp_path / "loop"
     write_images(folder, [DARK])
     (folder / "self").symlink_to(".")
     (folder / "up").symlink_to("..")  # before: 41 rows for one image, then a listing that filled the RAM
     os.mkfifo(folder / "pipe.png")  # opening it would block the run for good
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
     found = expand_inputs([str(folder)])
-    assert [Path(p).name for p in found.paths] == ["img0000.png"] and not found.missing
-    # named on the command line, it is an error row at once, not a hang
-    (path, error), *_ = _read([str(folder / "pipe.png")])
-    assert isinstance(error, OSError) and "not a regular file" in str(error)
+    assert [Path(p).name for p in found.paths] == ["gone.png", "img0000.png", "pipe.png"]
+    read = dict(_read(found.paths))
+    assert isinstance(read[str(folder / "img0000.png")], bytes)
+    for odd in ("pipe.png", "gone.png"):  # an error row each, at once: no hang, nothing dropped
+        assert isinstance(read[str(folder / odd)], OSError)
+    # a link to a class folder (sorted before it) does not hide the folder's own name
+    photos = tmp_path / "photos"
+    write_images(photos / "cats", [DARK])
+    (photos / "a_latest").symlink_to("cats")
+    assert [Path(p).parent.name for p in expand_inputs([str(photos)]).paths] == ["cats"]
 
 
 def test_paths_that_are_not_utf8_or_hold_line_separators_survive_a_resume(tmp_path):
@@ -243,7 +254,10 @@ def test_paths_that_are_not_utf8_or_hold_line_separators_survive_a_resume(tmp_pa
         writer, kept = open_output(str(path), fmt, resume=True)
         writer.close()
         assert [row.path for row in kept] == odd
-        assert b"caf\xe9.png" in path.read_bytes()  # the name's own bytes, as the file system has them
+        if fmt == "csv":
+            assert b"caf\xe9.png" in path.read_bytes()  # the name's own bytes, as the file system has them
+        else:
+            path.read_bytes().decode("utf-8")  # JSON lines stay UTF-8 for other tools: an escape instead
 
 
 def test_resume_refuses_a_file_that_holds_no_scoring_row_instead_of_emptying_it(tmp_path):
@@ -258,3 +272,40 @@ def test_an_output_format_the_writer_does_not_write_is_refused():
     assert format_for("x.csv") == "csv" and format_for("x.jsonl") == "jsonl"
     with pytest.raises(ValueError, match="cannot tell the output format"):
         format_for("x.tsv")  # it was accepted, then written with commas
+
+
+def test_a_proxy_timing_out_on_batches_gets_smaller_ones_and_a_down_service_ends_the_run(tmp_path):
+    prediction = {"id": "x", "label": "dark", "index": 0, "confidence": 0.9, "probabilities": {}, "top_k": []}
+    paths = [str(p) for p in write_images(tmp_path / "x", [DARK] * 4)]
+    options = ScoreOptions("grey", None, None, batch_size=4, concurrency=1)
+
+    def run(answer) -> tuple[list[Row], list[int]]:
+        sizes: list[int] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            sizes.append(request.read().count(b'name="file"'))
+            return answer(sizes[-1])
+
+        async def main_() -> list[Row]:
+            transport = httpx.MockTransport(handler)
+            async with AsyncClient("http://proxy", transport=transport, retries=1, backoff=0.01) as client:
+                writer, _ = open_output(str(tmp_path / "o.csv"), "csv", resume=False)
+                try:
+                    return await score_paths(client, paths, options, writer, tqdm(disable=True))
+                finally:
+                    writer.close()
+
+        return asyncio.run(main_()), sizes
+
+    # nginx's proxy_read_timeout cuts batches of 2 or more: they are halved, every image is scored
+    def slow_batches(n: int) -> httpx.Response:
+        if n > 1:
+            return httpx.Response(504, text="<html>504 Gateway Time-out</html>")
+        return httpx.Response(200, json={"model": "grey", "version": 1, "predictions": [prediction]})
+
+    rows, sizes = run(slow_batches)
+    assert len(rows) == 4 and not any(row.failed for row in rows)
+    assert sizes[:2] == [4, 4] and sizes.count(1) == 4  # retried once, then halved down to one image
+    # a service that is down: one image still gets 502 after its retry, and the run ends
+    with pytest.raises(Aborted, match="http_502"):
+        run(lambda n: httpx.Response(502, text="<html>502 Bad Gateway</html>"))
