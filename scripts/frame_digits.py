@@ -43,7 +43,7 @@ def main() -> None:
     without = rendered_digits_accuracy(model, plain, images, labels)
     print(f"{len(images)} digits rendered from {len(font_list)} fonts: {with_framing:.4f} framed, {without:.4f} not")
 
-    _, val = split_dataset(load_mnist(args.data), card.training.val_fraction, card.training.seed)
+    _, val = split_dataset(load_mnist(args.data), card.training.val_fraction, card.training.seed, card.training.split)
     started = time.perf_counter()
     through = np.stack([image_to_array(Image.fromarray(a[..., 0]), framed) for a in val.x])
     per_image_us = (time.perf_counter() - started) / len(val) * 1e6

@@ -45,6 +45,11 @@ def main() -> None:
         if not versions:
             continue
         card = ModelCard.model_validate_json((args.models / task / str(versions[-1]) / "model.json").read_text())
+        if card.training.split != "stratified":  # the others need the images or their file names
+            raise SystemExit(
+                f"{task} {versions[-1]}: its card says the {card.training.split!r} split; this script "
+                "re-creates the stratified split only"
+            )
         items, labels = _originals(task, args.data / folder, card)
         _, val_idx = stratified_split(labels, card.training.val_fraction, card.training.seed)
         picked = rng.choice(val_idx, size=min(args.per_task, len(val_idx)), replace=False)

@@ -500,8 +500,9 @@ class _LoadError(Exception):
 
 def _unexpected(error: Exception) -> bool:
     """A load failure whose traceback belongs in the log: anything but the store's own faults
-    that the message already says all of (a bad card, a checksum mismatch)."""
-    return not isinstance(error, _LoadError | ChecksumMismatch)
+    that the message already says all of (a bad card, a checksum mismatch, a file missing or
+    unreadable). What Keras raises on a model file it refuses is logged in full: it may be ours."""
+    return not isinstance(error, _LoadError | ChecksumMismatch | OSError)
 
 
 def _first_line(error: Exception) -> str:

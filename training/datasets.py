@@ -8,14 +8,17 @@ path, what was expected there and what was found.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import re
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -129,23 +132,27 @@ def _mnist_split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
     return Split(images.astype(np.uint8)[..., None], labels.astype(np.int64))
 
 
-def _read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+@contextlib.contextmanager
+def _open_npz(path: Path) -> Iterator[Any]:
+    """An .npz archive open for reading; whatever fails while reading it is a `DatasetError`."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in keys if k not in archive.files]
-            if missing:
-                raise DatasetError(f"{path}: expected arrays {list(keys)}, found {archive.files}")
-            return {k: archive[k] for k in keys}
+            yield archive
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DatasetError(f"{path}: expected a numpy .npz archive, could not read it ({exc})") from None
+
+
+def _read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    with _open_npz(path) as archive:
+        missing = [k for k in keys if k not in archive.files]
+        if missing:
+            raise DatasetError(f"{path}: expected arrays {list(keys)}, found {archive.files}")
+        return {k: archive[k] for k in keys}
 
 
 def _archive_files(path: Path) -> set[str]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return set(archive.files)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(f"{path}: expected a numpy .npz archive, could not read it ({exc})") from None
+    with _open_npz(path) as archive:
+        return set(archive.files)
 
 
 def load_mnist(path: Path, spec: InputSpec | None = None) -> Dataset:
@@ -357,8 +364,11 @@ def stratified_split(
     """Indices (train, validation): `fraction` of every class, shuffled with `seed`.
 
     Every class with at least two images keeps at least one in each part. With `groups` (an id
-    per image, `duplicate_groups`), the images of a group go to one part together: the first
-    of them drawn decides. Without duplicates that is the same split as without `groups`.
+    per image, `duplicate_groups`), the images of a group go to one part together, in the order
+    their first image was drawn: to validation while the whole group fits in the class's share,
+    else to training, which always gets at least one group. So validation may hold a little less
+    than the share, and a class of copies of one image none; without copies in a class of two
+    or more images, it is the split without `groups`, image for image.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
@@ -380,8 +390,9 @@ def stratified_split(
         train: list[int] = []
         order = list(members)  # groups in the order their first image was drawn
         for k, group in enumerate(order):
+            fits = len(val) + len(members[group]) <= n_val
             keep_one_for_training = k == len(order) - 1 and not train
-            (val if len(val) < n_val and not keep_one_for_training else train).extend(members[group])
+            (val if fits and not keep_one_for_training else train).extend(members[group])
         val_idx.append(np.asarray(val, dtype=np.int64))
         train_idx.append(np.asarray(train, dtype=np.int64))
     return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))
@@ -408,7 +419,8 @@ def duplicate_groups(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return i
 
     keys: list[list[tuple]] = [
-        [(int(label), "pixels", image.tobytes())] for image, label in zip(images, labels, strict=True)
+        [(int(label), "pixels", hashlib.blake2b(image.tobytes(), digest_size=16).digest())]
+        for image, label in zip(images, labels, strict=True)
     ]
     if len(images) and min(images.shape[1:3]) >= NEAR_DUPLICATE_MIN_SIDE:
         for image_keys, label, value in zip(keys, labels, dhash(images), strict=True):

@@ -121,7 +121,7 @@ def metrics_for(
 WRONG_EXAMPLES = 20
 
 
-def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str = "stratified") -> tuple[Split, Split]:
+def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str) -> tuple[Split, Split]:
     """Carve (train, validation) from the training data: `grouped` per class at random with the
     copies of an image on one side, `stratified` the same without looking for copies (the split of
     the versions trained before `grouped`), `recording` so that no recording has frames on both

@@ -213,8 +213,12 @@ def test_the_copies_of_an_image_land_on_one_side_of_a_grouped_split():
     assert sorted(np.concatenate([train, val])) == list(range(120))
     assert not set(groups[train].tolist()) & set(groups[val].tolist())
     assert all(3 <= n <= 5 for n in np.bincount(labels[val]))  # about a fifth of each class still
+    # a group larger than the class's share stays out of validation, whichever seed
+    images[:9] = images[0]  # class 0: one picture 14 times (9 here, and the copies of 0-4 above)
+    for seed in range(5):
+        train, val = stratified_split(labels, 0.2, seed, duplicate_groups(images, labels))
+        assert np.bincount(labels[val], minlength=6)[0] <= 4 and set(range(9)) <= set(train.tolist())
     # a class whose images are all one picture is trained on, not validated on
-    labels[:20] = 0
     images[:20] = images[0]
     train, val = stratified_split(labels, 0.2, 7, duplicate_groups(images, labels))
     assert 0 not in set(labels[val].tolist()) and set(range(20)) <= set(train.tolist())

@@ -51,7 +51,7 @@ def _arch(**recipe) -> Architecture:
 
 def test_split_dataset_by_kind():
     data = _dataset()
-    train, val = split_dataset(data, 0.25, seed=1)
+    train, val = split_dataset(data, 0.25, seed=1, kind="stratified")
     expected_train, expected_val = stratified_split(data.train.y, 0.25, 1)
     np.testing.assert_array_equal(val.y, data.train.y[expected_val])
     np.testing.assert_array_equal(train.files, data.train.files[expected_train])  # names travel with images
@@ -79,7 +79,7 @@ def test_compile_model_warms_up_then_decays():
 
 def test_fit_model_learns_and_keeps_augmentation_out_of_the_model():
     data = _dataset()
-    train, val = split_dataset(data, 0.25, seed=0)
+    train, val = split_dataset(data, 0.25, seed=0, kind="stratified")
     arch = _arch(augmentation=("brightness:0.1",))
     options = Options(epochs=4, batch_size=8, learning_rate=0.05, seed=0, val_fraction=0.25)
     keras.utils.set_random_seed(0)
