@@ -148,7 +148,7 @@ async def score_paths(
         progress: the progress bar, advanced by finished images (its postfix counts error rows).
 
     Returns:
-        The rows written, in completion order.
+        The rows written, in completion order, as their `Row.outcome`.
 
     Raises:
         Aborted: the run cannot go on; rows written so far stay in the output.
@@ -160,7 +160,7 @@ async def score_paths(
     def emit(rows: list[Row]) -> None:
         nonlocal errors
         writer.write(rows)
-        written.extend(rows)
+        written.extend(row.outcome() for row in rows)
         failed = sum(row.failed for row in rows)
         if failed:
             errors += failed
@@ -278,6 +278,7 @@ async def _run(args: argparse.Namespace, err: TextIO, out: TextIO) -> int:
 
         try:
             writer, kept = open_output(args.out, args.format, resume=args.resume, drop_errors=args.retry_errors)
+            kept = [row.outcome() for row in kept]
         except (OSError, ValueError) as exc:
             print(f"error: cannot write {args.out}: {exc}", file=err)
             return EXIT_ABORTED
