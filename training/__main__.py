@@ -185,20 +185,22 @@ def _require_data(task, path: Path, download_hint: bool = False) -> None:
 def _check_split(task, arch, args) -> int:
     """Print the near-duplicate pairs across the split; exit status 1 when there are any."""
     from training.duplicates import near_duplicates
-    from training.fit import split_dataset
+    from training.fit import split_indices
 
     dataset = task.load(args.data, arch.input)
     fraction = args.val_fraction or arch.val_fraction
     kind = args.split or task.split
-    train, val = split_dataset(dataset, fraction, args.seed, kind)
+    train_idx, val_idx = split_indices(dataset, fraction, args.seed, kind)
+    train, val = dataset.train.take(train_idx), dataset.train.take(val_idx)
     # within a class: a 9x8 hash of a centred object on a plain background cannot tell classes apart
     pairs = [p for p in near_duplicates(train.x, val.x, args.max_distance) if train.y[p.train] == val.y[p.validation]]
 
-    def name(part, i: int) -> str:
-        return str(part.files[i]) if part.files is not None else f"#{i}"
+    def name(indices, i: int) -> str:  # the file, or the image's position in the dataset's file (SIGNS, MNIST)
+        files = dataset.train.files
+        return str(files[indices[i]]) if files is not None else f"#{indices[i]}"
 
     for pair in pairs:
-        print(f"{pair.distance:2d} bits  {name(train, pair.train)}  ~  {name(val, pair.validation)}")
+        print(f"{pair.distance:2d} bits  {name(train_idx, pair.train)}  ~  {name(val_idx, pair.validation)}")
     print(
         f"{len(pairs)} near-duplicate pair(s) of one class (dHash distance <= {args.max_distance} of 64) between "
         f"{len(train)} training and {len(val)} validation images ({kind} split, seed {args.seed})"

@@ -122,7 +122,13 @@ WRONG_EXAMPLES = 20
 
 
 def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str) -> tuple[Split, Split]:
-    """Carve (train, validation) from the training data: `grouped` per class at random with the
+    """(train, validation) carved from the training data as `split_indices` says."""
+    train_idx, val_idx = split_indices(dataset, fraction, seed, kind)
+    return dataset.train.take(train_idx), dataset.train.take(val_idx)
+
+
+def split_indices(dataset: Dataset, fraction: float, seed: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, validation) in the training data: `grouped` per class at random with the
     copies of an image on one side, `stratified` the same without looking for copies (the split of
     the versions trained before `grouped`), `recording` so that no recording has frames on both
     sides, or `frames`: a contiguous range of each recording's frames, with the frames next to it
@@ -149,7 +155,7 @@ def split_dataset(dataset: Dataset, fraction: float, seed: int, kind: str) -> tu
             f"the {kind} split of {len(dataset.train)} images left {len(train_idx)} for training and "
             f"{len(val_idx)} for validation{needs}"
         )
-    return dataset.train.take(train_idx), dataset.train.take(val_idx)
+    return train_idx, val_idx
 
 
 def describe_split(kind: str, fraction: float, seed: int) -> str:
