@@ -91,7 +91,7 @@ def _read(paths: Sequence[str]) -> list[tuple[str, bytes | OSError]]:
     contents: list[tuple[str, bytes | OSError]] = []
     for path in paths:
         try:
-            if not os.path.isfile(path):  # a FIFO or a device would block the run, or never end
+            if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or a device would block the run
                 raise OSError(errno.EINVAL, "not a regular file")
             with open(path, "rb") as handle:
                 contents.append((path, handle.read()))
