@@ -136,12 +136,13 @@ def test_a_version_that_left_the_store_is_freed_although_the_heap_was_frozen(mod
     models.write(tmp_path, "grey", 1)
     models.write(tmp_path, "grey", 2)
     settings = settings_for(tmp_path, reload_interval_seconds=0.1, gc_freeze_after_load=True)
+    gc.unfreeze()  # what earlier tests in this process froze: the count below is this app's
     with TestClient(create_app(settings)) as client:
         registry = client.app.state.registry
         wait_until(lambda: all(v.ready for v in registry.versions("grey")), timeout=20)
         # a Keras model is full of reference cycles: only a collection frees it
         keras_model = weakref.ref(registry.versions("grey")[0].probe._model)
-        wait_until(lambda: gc.get_freeze_count() > 0, timeout=20)  # the freezer ran after the loads
+        wait_until(lambda: gc.get_freeze_count() > 0, timeout=20)  # this app's freezer ran after the loads
 
         shutil.rmtree(tmp_path / "grey" / "1")
         wait_until(lambda: [v.version for v in registry.versions("grey")] == [2])
