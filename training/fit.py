@@ -402,13 +402,7 @@ def _reference_result(
     if not card_file.is_file():
         raise ValueError(f"--reference {folder}: expected a version folder with {CARD_FILE}")
     card = ModelCard.model_validate_json(card_file.read_text())
-    counts = {
-        name: int(n)
-        for name, n in zip(
-            dataset.class_names, np.bincount(val_split.y, minlength=len(dataset.class_names)), strict=True
-        )
-    }
-    ours = (task.name, task.split, options.seed, options.val_fraction, counts)
+    ours = (task.name, task.split, options.seed, options.val_fraction, val_split.counts(dataset.class_names))
     theirs = (
         card.task,
         card.training.split,
